@@ -1,0 +1,36 @@
+"""interfusion-jax: text-driven 3D human-object interaction (InterFusion) in JAX."""
+from setuptools import setup
+
+setup(
+    name="interfusion-jax",
+    version="0.1.0",
+    description="InterFusion (ECCV 2024) reimplemented in JAX/Flax",
+    python_requires=">=3.10",
+    packages=["interfusion_jax", "pose", "nerf", "guidance", "configs"],
+    package_data={"pose": ["data/*"]},
+    include_package_data=True,
+    install_requires=[
+        "numpy>=1.26",
+        "scipy>=1.11",
+        "jax>=0.7",
+        "flax>=0.10",
+        "optax>=0.2",
+        "orbax-checkpoint>=0.11",
+        "ml_collections>=1.0",
+        "absl-py>=2.0",
+        "diffusers==0.39.0",
+        "transformers>=4.45,<5",
+        "safetensors>=0.4",
+        "sentencepiece>=0.2",
+        "scikit-learn>=1.3",
+        "trimesh>=4.0",
+        "pillow>=10",
+        "imageio>=2.31",
+        "imageio-ffmpeg>=0.5",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "cuda": ["jax[cuda12]>=0.7"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+    },
+)
