@@ -24,6 +24,7 @@ setup(
         "sentencepiece>=0.2",
         "scikit-learn>=1.3",
         "trimesh>=4.0",
+        "scikit-image>=0.22",
         "pillow>=10",
         "imageio>=2.31",
         "imageio-ffmpeg>=0.5",

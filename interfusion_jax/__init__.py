@@ -1,0 +1,1 @@
+"""interfusion_jax."""
