@@ -1,0 +1,161 @@
+"""Release settings of InterFusion's interaction stage (SPEC sections 2.1-2.6).
+
+Scene files call `scene_config(...)` with only what differs between scenes; `get_config()` here
+gives the shared defaults (a standing guide body and generic prompts) so the base itself runs.
+"""
+import ml_collections
+
+PERSON = "a person in a military uniform"
+
+
+def prompts(obj, interaction, person=PERSON):
+    """The release's four prompts: object, human, interaction, head."""
+    return ml_collections.ConfigDict(
+        dict(
+            object=f"a photo of {obj}, 8K, HD",
+            human=f"a photo of {person}, 8K, HD",
+            interaction=f"a photo of {person} {interaction}, 8K, HD",
+            head=f"a photo of head of {person}, 8K, HD",
+        )
+    )
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.name = "base"
+    c.seed = 0
+    c.output_dir = "outputs"
+
+    c.prompts = prompts("a chair", "standing next to a chair")
+
+    # Guide body (SPEC 2.1). An empty body_model uses the built-in body; pose is `preset:NAME` or a
+    # pose file (e.g. results/interfusion_poses/top_0.npy).
+    c.body = ml_collections.ConfigDict(
+        dict(body_model="", pose="preset:standing", mode="default", prior_resolution=128)
+    )
+
+    # DeepFloyd IF stage I for score distillation (SPEC 2.5). model_dir holds unet/, text_encoder/,
+    # tokenizer/ of DeepFloyd/IF-I-XL-v1.0.
+    c.guidance = ml_collections.ConfigDict(
+        dict(
+            model_dir="",
+            dtype="bfloat16",
+            guidance_scale=20.0,
+            min_step_percent=0.02,
+            max_step_percent=0.98,
+            weighting="uniform",
+            grad_clip=0.0,
+            view_dependent=True,
+            embedding_cache=".cache/prompt_embeddings",
+        )
+    )
+
+    # Two identical fields, object and human (SPEC 2.2).
+    c.field = ml_collections.ConfigDict(
+        dict(
+            radius=2.0,
+            n_levels=16,
+            n_features_per_level=2,
+            log2_hashmap_size=19,
+            base_resolution=16,
+            per_level_scale=1.4472692374403782,
+            mlp_hidden=64,
+            blob_density=10.0,
+            blob_radius=0.5,
+            background_hidden=16,
+        )
+    )
+
+    c.material = ml_collections.ConfigDict(
+        dict(ambient_only_steps=2001, soft_shading=True, albedo_prob=0.25, textureless_prob=0.5)
+    )
+
+    # Occupancy-grid ray marching (SPEC 2.3). max_samples is the fixed sample buffer per render.
+    c.render = ml_collections.ConfigDict(
+        dict(
+            width=64,
+            height=64,
+            num_steps_per_diagonal=512,
+            alpha_threshold=0.01,
+            max_samples=2**18,
+            grid_resolution=32,
+            grid_update_every=16,
+            grid_warmup_steps=256,
+            grid_decay=0.95,
+            grid_threshold=0.01,
+            white_background_prob=0.5,
+        )
+    )
+
+    # Random training camera (SPEC 2.4); angles in degrees.
+    c.camera = ml_collections.ConfigDict(
+        dict(
+            elevation_range=(-30.0, 90.0),
+            azimuth_range=(-180.0, 180.0),
+            distance_range=(2.5, 3.0),
+            fovy_range=(40.0, 70.0),
+            position_jitter=0.1,
+            center_jitter=0.2,
+            up_jitter=0.02,
+            light_distance_range=(0.8, 1.5),
+            object_scale=0.7,
+            human_scale=0.7,
+            interaction_scale=0.8,
+            head_scale=0.2,
+            eval_distance=2.0,
+            eval_elevation=10.0,
+            eval_fovy=70.0,
+        )
+    )
+
+    # Loss weights (SPEC 2.5): a number or [start_step, start_value, end_value, end_step].
+    c.loss = ml_collections.ConfigDict(
+        dict(
+            lambda_orient=(0, 10.0, 1000.0, 5000),
+            lambda_sparsity=1.0,
+            lambda_opaque=0.0,
+            lambda_shape_human=1.0,
+            shape_weights=(0.001, 0.01, 0.1),
+            shape_sigma=0.4,
+            shape_density_scale=0.2,
+            shape_max_points=80000,
+            object_sds_ramp_every=1000,
+        )
+    )
+
+    c.optim = ml_collections.ConfigDict(
+        dict(lr=0.01, lr_background=0.001, b1=0.9, b2=0.99, eps=1e-15)
+    )
+
+    c.train = ml_collections.ConfigDict(
+        dict(
+            max_steps=10000,
+            val_every=200,
+            val_views=4,
+            object_center_every=1000,
+            object_center_resolution=128,
+            object_center_density_scale=0.2,
+            resume="",
+            weights_only=False,
+        )
+    )
+
+    c.test = ml_collections.ConfigDict(
+        dict(views=180, resolution=512, fps=30, mesh_resolution=128, mesh_format="obj")
+    )
+    return c
+
+
+def scene_config(name, obj, interaction, pose, mode="default", distance_range=None, shape_weights=None):
+    """A release scene: the base with its prompts, guide pose and the few numbers that differ."""
+    c = get_config()
+    c.name = name
+    c.prompts = prompts(obj, interaction)
+    c.body.pose = pose
+    c.body.mode = mode
+    if distance_range is not None:
+        c.camera.distance_range = tuple(distance_range)
+    if shape_weights is not None:
+        c.loss.shape_weights = tuple(shape_weights)
+    return c
+
