@@ -1,0 +1,73 @@
+"""Read Hugging Face safetensors checkpoints (single file or sharded with an index) into NumPy, no torch.
+
+File names follow diffusers/transformers: `{prefix}.safetensors`, `{prefix}.{variant}.safetensors`,
+`{prefix}.safetensors.index.json`, `{prefix}.safetensors.index.{variant}.json` (the index's
+`weight_map` names the shard files, which lie in the same folder). bfloat16 tensors come back as
+`ml_dtypes.bfloat16` arrays.
+"""
+
+import json
+import os
+
+import numpy as np
+from safetensors import safe_open
+
+
+def candidate_files(prefix: str, variant: str | None) -> list[str]:
+    """The file names that hold a `prefix` checkpoint of `variant`, in the order they are tried."""
+    if variant:
+        return [f"{prefix}.{variant}.safetensors", f"{prefix}.safetensors.index.{variant}.json"]
+    return [f"{prefix}.safetensors", f"{prefix}.safetensors.index.json"]
+
+
+def find_checkpoint(directory: str, prefix: str, variant: str | None = None) -> str | None:
+    """Path of the single file or index for `variant`; with variant None, the plain files, else the
+    fp16 variant (the only file IF's repositories are sometimes fetched with). None if absent."""
+    variants = [variant] if variant else [None, "fp16"]
+    for v in variants:
+        for name in candidate_files(prefix, v):
+            path = os.path.join(directory, name)
+            if os.path.isfile(path):
+                return path
+    return None
+
+
+def _shards(path: str) -> list[str]:
+    if not path.endswith(".json"):
+        return [path]
+    with open(path) as f:
+        try:
+            weight_map = json.load(f)["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ValueError(f"{path}: not a safetensors index (expected JSON with a 'weight_map'): {e}") from e
+    folder = os.path.dirname(path)
+    shards = sorted(set(weight_map.values()))
+    missing = [s for s in shards if not os.path.isfile(os.path.join(folder, s))]
+    if missing:
+        raise FileNotFoundError(f"{path}: the index names shard files that are missing in {folder}: {missing}")
+    return [os.path.join(folder, s) for s in shards]
+
+
+def load_safetensors(path: str) -> dict[str, np.ndarray]:
+    """All tensors of one .safetensors file or of all shards listed by a .safetensors.index*.json."""
+    tensors = {}
+    for shard in _shards(path):
+        with safe_open(shard, framework="numpy") as f:
+            for key in f.keys():
+                if key in tensors:
+                    raise ValueError(f"{shard}: tensor {key!r} appears in more than one shard of {path}.")
+                tensors[key] = f.get_tensor(key)
+    return tensors
+
+
+def load_safetensors_dir(directory: str, prefix: str, variant: str | None = None) -> dict[str, np.ndarray]:
+    """Tensors of the `prefix` checkpoint in `directory` (e.g. prefix "diffusion_pytorch_model" for a
+    diffusers model, "model" for a transformers model); variant e.g. "fp16" (see find_checkpoint)."""
+    path = find_checkpoint(directory, prefix, variant)
+    if path is None:
+        variants = [variant] if variant else [None, "fp16"]
+        expected = [n for v in variants for n in candidate_files(prefix, v)]
+        present = sorted(os.listdir(directory)) if os.path.isdir(directory) else "folder does not exist"
+        raise FileNotFoundError(f"No safetensors checkpoint in {directory}: expected one of {expected}; "
+                                f"found {present}.")
+    return load_safetensors(path)
