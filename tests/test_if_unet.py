@@ -1,0 +1,99 @@
+"""IF UNet in Flax vs diffusers' PyTorch UNet2DConditionModel (fixtures from scripts/parity_unet.py).
+
+stage1: IF-I layout, weights as the sharded fp16 variant. stage2: IF-II layout (noise-level class
+embedding, 6 input channels, per-block layers, only cross-attention), single fp32 file.
+"""
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from guidance import IFUNet, load_if_unet, load_safetensors_dir
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "if_unet")
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_matches_diffusers_reference(stage):
+    model_dir = os.path.join(FIXTURES, stage)
+    module, params = load_if_unet(model_dir)
+    ref = np.load(os.path.join(model_dir, "reference.npz"))
+    class_labels = ref["class_labels"] if "class_labels" in ref else None
+    out = np.asarray(jax.jit(module.apply)({"params": params}, ref["sample_nhwc"], ref["timesteps"],
+                                           ref["encoder_hidden_states"], class_labels))
+    expected = ref["output_nhwc"]
+    assert out.shape == expected.shape
+    assert np.linalg.norm(out - expected) / np.linalg.norm(expected) < 1e-4
+    assert np.abs(out - expected).max() < 1e-4 * np.abs(expected).max()
+
+
+def test_unet_folder_and_explicit_variant_load_the_same_weights():
+    unet_dir = os.path.join(FIXTURES, "stage1", "unet")
+    _, params = load_if_unet(unet_dir, variant="fp16")
+    raw = load_safetensors_dir(unet_dir, "diffusion_pytorch_model", variant="fp16")
+    kernel = np.asarray(params["down_blocks_1"]["attentions_0"]["to_q"]["kernel"])
+    np.testing.assert_array_equal(kernel, raw["down_blocks.1.attentions.0.to_q.weight"].T.astype(np.float32))
+    conv = np.asarray(params["conv_in"]["kernel"])
+    np.testing.assert_array_equal(conv, raw["conv_in.weight"].transpose(2, 3, 1, 0).astype(np.float32))
+
+
+def _copy_stage2(tmp_path):
+    dst = tmp_path / "IF-II"
+    shutil.copytree(os.path.join(FIXTURES, "stage2"), dst)
+    return dst / "unet"
+
+
+def test_mismatched_keys_are_named(tmp_path):
+    unet_dir = _copy_stage2(tmp_path)
+    weights = unet_dir / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(str(weights))
+    tensors["mid_block.attentions.0.to_qq.weight"] = tensors.pop("mid_block.attentions.0.to_q.weight")
+    save_file(tensors, str(weights))
+    with pytest.raises(ValueError) as err:
+        load_if_unet(str(unet_dir.parent))
+    assert "mid_block.attentions.0.to_qq.weight" in str(err.value)  # unused tensor
+    assert "mid_block/attentions_0/to_q/kernel" in str(err.value)  # missing parameter
+
+
+def test_wrong_shape_is_named(tmp_path):
+    unet_dir = _copy_stage2(tmp_path)
+    weights = unet_dir / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(str(weights))
+    tensors["conv_out.bias"] = np.zeros(5, np.float32)
+    save_file(tensors, str(weights))
+    with pytest.raises(ValueError, match="conv_out.bias"):
+        load_if_unet(str(unet_dir))
+
+
+def test_unsupported_config_key_is_named(tmp_path):
+    unet_dir = _copy_stage2(tmp_path)
+    config = json.loads((unet_dir / "config.json").read_text())
+    with pytest.raises(ValueError, match="'class_embeddings_concat'"):
+        IFUNet.from_config(dict(config, class_embeddings_concat=True))
+    with pytest.raises(ValueError, match="'some_new_key'"):
+        IFUNet.from_config(dict(config, some_new_key=1))
+    with pytest.raises(ValueError, match="'down_block_types'"):
+        IFUNet.from_config(dict(config, down_block_types=["DownBlock2D"] * 3))
+
+
+def test_missing_model_explains_layout_and_download(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        load_if_unet(str(tmp_path / "nowhere"))
+    message = str(err.value)
+    assert "nowhere" in message and "unet/config.json" in message and "DeepFloyd/IF-I-XL-v1.0" in message
+    unet_dir = _copy_stage2(tmp_path)
+    os.remove(unet_dir / "diffusion_pytorch_model.safetensors")
+    with pytest.raises(FileNotFoundError, match="diffusion_pytorch_model.fp16.safetensors"):
+        load_if_unet(str(unet_dir.parent))
+
+
+def test_stage2_requires_noise_level(tmp_path):
+    module, params = load_if_unet(os.path.join(FIXTURES, "stage2"))
+    ref = np.load(os.path.join(FIXTURES, "stage2", "reference.npz"))
+    with pytest.raises(ValueError, match="class_labels"):
+        module.apply({"params": params}, ref["sample_nhwc"], ref["timesteps"], ref["encoder_hidden_states"])
