@@ -80,10 +80,11 @@ CONFIGS = {
 
 
 def randomize_(model: torch.nn.Module, generator: torch.Generator):
-    """Every parameter random and non-trivial (diffusers' init leaves norms at 1/0 and some biases 0)."""
+    """Every parameter random and non-trivial (diffusers' init leaves norms at 1/0 and some biases 0).
+    The generator must live on the parameters' device."""
     with torch.no_grad():
         for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=generator)
+            noise = torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype)
             if name.endswith("bias"):
                 p.copy_(0.1 * noise)
             elif p.ndim == 1:  # norm scales
