@@ -101,10 +101,11 @@ _REQUIRED = ("in_channels", "out_channels", "down_block_types", "up_block_types"
              "mid_block_type")
 
 
-def _per_block(value, n, key):
+def _per_block(value, n, key, source):
     values = tuple(value) if isinstance(value, (list, tuple)) else (value,) * n
     if len(values) != n:
-        raise ValueError(f"UNet config key {key!r} has {len(values)} entries; expected one per block ({n}).")
+        raise ValueError(f"{source}: UNet config key {key!r} has {len(values)} entries; expected one per "
+                         f"block ({n}).")
     return values
 
 
@@ -179,10 +180,10 @@ class IFUNetConfig:
             down_block_types=tuple(cfg["down_block_types"]), mid_block_type=cfg["mid_block_type"],
             up_block_types=tuple(cfg["up_block_types"]),
             block_out_channels=tuple(cfg["block_out_channels"]),
-            layers_per_block=_per_block(cfg["layers_per_block"], n, "layers_per_block"),
-            attention_head_dim=_per_block(cfg["attention_head_dim"], n, "attention_head_dim"),
+            layers_per_block=_per_block(cfg["layers_per_block"], n, "layers_per_block", source),
+            attention_head_dim=_per_block(cfg["attention_head_dim"], n, "attention_head_dim", source),
             cross_attention_dim=cfg["cross_attention_dim"],
-            only_cross_attention=_per_block(only_cross, n, "only_cross_attention"),
+            only_cross_attention=_per_block(only_cross, n, "only_cross_attention", source),
             mid_block_only_cross_attention=mid_only_cross,
             center_input_sample=cfg["center_input_sample"], flip_sin_to_cos=cfg["flip_sin_to_cos"],
             freq_shift=float(cfg["freq_shift"]), mid_block_scale_factor=float(cfg["mid_block_scale_factor"]),
