@@ -1,0 +1,101 @@
+"""Step 3: poses -> k-means centres (VPoser latent space, or 6D per joint without VPoser) ->
+4-view body renders -> CLIP image features averaged over views -> codebook `.npz`.
+
+Resumable: progress goes to `{out}.work.npz` after every chunk; a rerun with the same settings
+continues from it, and a finished codebook with the same settings is left as it is.
+"""
+import argparse
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from pose import codebook as cb
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m pose.gen_codebook", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--poses", required=True, help="pose set from pose.import_poses (.npz with poses [N, 63])")
+    p.add_argument("--out", required=True, help="codebook .npz to write")
+    p.add_argument("--cluster_size", type=int, default=2048, help="number of k-means clusters (codebook size)")
+    p.add_argument("--vposer", default=None, help="VPoser V02_05 folder, .ckpt or converted .npz; "
+                   "without it, clustering runs in 6D-per-joint rotation space")
+    p.add_argument("--clip", default="weights/clip-vit-base-patch32", help="CLIP folder (transformers layout)")
+    p.add_argument("--body", default=None, help="body model file (SMPLX_NEUTRAL.npz); default: built-in body")
+    p.add_argument("--size", type=int, default=224, help="render size in pixels")
+    p.add_argument("--chunk", type=int, default=64, help="poses per accelerator batch (x4 views)")
+    p.add_argument("--seed", type=int, default=0, help="k-means random_state and camera elevation seed")
+    return p.parse_args(argv)
+
+
+def read_pose_set(path):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--poses {path!r} not found (make it with `python -m pose.import_poses`)")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            poses = f["poses"] if "poses" in f.files else None
+    except (ValueError, OSError) as e:
+        raise cb.PoseStageError(f"--poses {path}: not a readable .npz ({e})") from e
+    if poses is None or poses.ndim != 2 or poses.shape[1] != 63:
+        got = "no 'poses' array" if poses is None else f"poses of shape {poses.shape}"
+        raise cb.PoseStageError(f"--poses {path}: {got}; expected poses [N, 63] axis-angle body poses")
+    if not np.isfinite(poses).all():
+        raise cb.PoseStageError(f"--poses {path}: non-finite values")
+    return poses.astype(np.float32)
+
+
+def main(argv=None):
+    from pose.body_model import load_body
+    from pose.clip_model import load_clip
+
+    a = parse_args(argv)
+    poses = read_pose_set(a.poses)
+    if a.cluster_size < 1 or a.cluster_size > len(poses):
+        raise cb.PoseStageError(f"--cluster_size {a.cluster_size}: must be between 1 and the number of "
+                                f"poses in {a.poses} ({len(poses)})")
+    views = cb.Views(size=a.size)
+    settings = dict(poses_file=os.path.abspath(a.poses), num_source_poses=len(poses), cluster_size=a.cluster_size,
+                    vposer=os.path.abspath(a.vposer) if a.vposer else None, clip=os.path.abspath(a.clip),
+                    body=os.path.abspath(a.body) if a.body else "built-in", views=dataclasses.asdict(views),
+                    seed=a.seed)
+    if os.path.isfile(a.out) and cb.load_codebook(a.out)[2].get("settings") == settings:
+        print(f"{a.out} is already built with these settings; nothing to do")
+        return
+    work = a.out + ".work.npz"
+    body, clip = load_body(a.body), load_clip(a.clip)
+    centres, done, space = None, None, None
+    if os.path.isfile(work):
+        with np.load(work, allow_pickle=False) as f:
+            if json.loads(str(f["settings"])) == settings:
+                centres, done, space = f["poses"], f["features"], str(f["space"])
+                print(f"resuming from {work}: {len(done)}/{len(centres)} poses have features")
+    if centres is None:
+        vposer = None
+        if a.vposer:
+            from pose.vposer import load_vposer
+            vposer = load_vposer(a.vposer)
+        else:
+            print("no --vposer given: clustering in 6D-per-joint rotation space instead of VPoser's latent "
+                  "space (recorded in the codebook's metadata)")
+        print(f"k-means: {len(poses)} poses -> {a.cluster_size} clusters")
+        centres, space = cb.cluster_poses(poses, a.cluster_size, vposer, seed=a.seed)
+        done = np.zeros((0, clip.embed_dim), np.float32)
+
+    def save_progress(feats):
+        cb.atomic_savez(work, poses=centres, features=feats, space=np.array(space),
+                        settings=np.array(json.dumps(settings)))
+
+    feats = cb.pose_features(body, clip, centres, views, seed=a.seed, chunk=min(a.chunk, len(centres)),
+                             done=done, on_chunk=save_progress)
+    meta = dict(settings=settings, clustering=space, body_name=getattr(body, "name", "unknown"),
+                clip_embed_dim=clip.embed_dim, features="CLIP image features (projected, unnormalised), "
+                "mean over views")
+    cb.save_codebook(a.out, centres, feats, meta)
+    os.remove(work)
+    print(f"wrote {a.out}: poses {centres.shape}, features {feats.shape}, clustering in {space} space")
+
+
+if __name__ == "__main__":
+    cb.run_cli(main)

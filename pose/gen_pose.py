@@ -1,0 +1,64 @@
+"""Step 4: text -> the codebook poses whose renders best match it under CLIP.
+
+Writes, under --out: `top_{i}.npy` (63,) axis-angle body poses in rank order (a scene config's
+`pose:` takes one), `top_{i}.png` (a front render labelled with rank, codebook row and score),
+`strip.png` (all of them side by side in rank order) and `scores.json`.
+"""
+import argparse
+import json
+import os
+
+import numpy as np
+
+from pose import codebook as cb
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m pose.gen_pose", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--codebook", required=True, help="codebook .npz (pose.gen_codebook or pose.import_codebook)")
+    p.add_argument("--text", required=True, help='interaction text, e.g. "riding a bike"')
+    p.add_argument("--topk", type=int, default=7, help="poses to keep")
+    p.add_argument("--pre_topk", type=int, default=cb.PRE_TOPK, help="candidates before keeping the first topk")
+    p.add_argument("--out", default="results/interfusion_poses", help="output folder")
+    p.add_argument("--clip", default="weights/clip-vit-base-patch32", help="CLIP folder (transformers layout)")
+    p.add_argument("--body", default=None, help="body model file for the renders; default: built-in body")
+    p.add_argument("--size", type=int, default=224, help="render size in pixels")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    from pose.body_model import load_body
+    from pose.clip_model import load_clip
+    from pose.image_sheet import image_grid
+
+    a = parse_args(argv)
+    if a.topk < 1:
+        raise cb.PoseStageError(f"--topk {a.topk}: must be at least 1")
+    poses, features, _ = cb.load_codebook(a.codebook)
+    if a.topk > len(poses):
+        raise cb.PoseStageError(f"--topk {a.topk} is larger than the codebook {a.codebook} ({len(poses)} poses)")
+    clip = load_clip(a.clip)
+    cb.check_feature_size(features, clip, a.codebook)
+    query = cb.QUERY_TEMPLATE.format(a.text)
+    idx, scores = cb.retrieve(features, np.asarray(clip.text_features([query]))[0], a.topk, a.pre_topk)
+
+    body = load_body(a.body)
+    front = cb.Views(azimuths=(0.0,), elevation_std_deg=0.0, size=a.size)
+    images = np.asarray(cb.render_views(body, poses[idx], front, idx)[0][:, 0])
+    labels = [f"#{i} row {j} {s:.3f}" for i, (j, s) in enumerate(zip(idx, scores))]
+    for i, j in enumerate(idx):
+        cb.save_npy(os.path.join(a.out, f"top_{i}.npy"), poses[j])
+        cb.save_png(os.path.join(a.out, f"top_{i}.png"), image_grid(images[i:i + 1], labels[i:i + 1], pad=0))
+    cb.save_png(os.path.join(a.out, "strip.png"), image_grid(images, labels, cols=len(images)))
+    report = dict(text=a.text, query=query, codebook=os.path.abspath(a.codebook), clip=clip.path,
+                  pre_topk=a.pre_topk, results=[dict(rank=i, file=f"top_{i}.npy", codebook_index=int(j),
+                                                     score=float(s)) for i, (j, s) in enumerate(zip(idx, scores))])
+    cb.save_text(os.path.join(a.out, "scores.json"), json.dumps(report, indent=2))
+    for line in labels:
+        print(line)
+    print(f"wrote {a.topk} poses, renders, strip.png and scores.json to {a.out}")
+
+
+if __name__ == "__main__":
+    cb.run_cli(main)
