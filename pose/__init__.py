@@ -1,3 +1,10 @@
 """pose."""
 from pose.body_render import Cameras, look_at_cameras, orbit_cameras, rasterize, render_mesh
 from pose.image_sheet import image_grid
+from pose.clip_model import Clip, load_clip
+from pose.vposer import VPoser, VPoserModel, convert_vposer_checkpoint, load_vposer
+from pose.codebook import PoseStageError, cluster_poses, load_codebook, pose_features, retrieve, save_codebook
+from pose.body_model import BodyModel, load_body, load_smplx
+from pose.builtin_body import builtin_body
+from pose.presets import PRESETS, get_preset
+from pose.pose_files import PoseFileError, load_pose, read_poses
