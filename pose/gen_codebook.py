@@ -60,6 +60,7 @@ def main(argv=None):
                     vposer=os.path.abspath(a.vposer) if a.vposer else None, clip=os.path.abspath(a.clip),
                     body=os.path.abspath(a.body) if a.body else "built-in", views=dataclasses.asdict(views),
                     seed=a.seed)
+    settings = json.loads(json.dumps(settings))  # as read back from a file (tuples become lists)
     if os.path.isfile(a.out) and cb.load_codebook(a.out)[2].get("settings") == settings:
         print(f"{a.out} is already built with these settings; nothing to do")
         return

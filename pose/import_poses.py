@@ -60,7 +60,7 @@ def main(argv=None):
     a = parse_args(argv)
     poses, names, skipped = import_poses(a.inputs)
     for path, reason in skipped:
-        print(f"skipped {path}: {reason}")
+        print(f"skipped {reason}" if reason.startswith(path) else f"skipped {path}: {reason}")
     if not len(poses):
         raise cb.PoseStageError(f"--in {' '.join(a.inputs)}: no readable pose file ({len(skipped)} skipped)")
     cb.atomic_savez(a.out, poses=poses, names=np.array(names))
