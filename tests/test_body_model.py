@@ -14,12 +14,16 @@ FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "smplx")
 J = {n: i for i, n in enumerate(BODY_JOINT_NAMES)}
 
 
-def _batched_forward(model, body_pose, global_orient=None, transl=None, betas=None):
-    def fwd(m, p, g, t, b):
-        return m.forward(p, g, t, b)
+def _fwd(model, body_pose, global_orient=None, transl=None, betas=None):
+    return model.forward(body_pose, global_orient, transl, betas)
 
+
+_forward = jax.jit(_fwd)
+
+
+def _batched_forward(model, body_pose, global_orient=None, transl=None, betas=None):
     axes = tuple(None if x is None else 0 for x in (global_orient, transl, betas))
-    v, j = jax.jit(jax.vmap(fwd, in_axes=(None, 0) + axes))(model, body_pose, global_orient, transl, betas)
+    v, j = jax.jit(jax.vmap(_fwd, in_axes=(None, 0) + axes))(model, body_pose, global_orient, transl, betas)
     return np.asarray(v), np.asarray(j)
 
 
@@ -32,7 +36,7 @@ def test_smplx_matches_reference_package():
     np.testing.assert_allclose(v, ref["vertices"], atol=1e-5)
     np.testing.assert_allclose(j, ref["joints"], atol=1e-5)
     # Single-pose calls agree with the vmapped batch.
-    v0, j0 = model.forward(ref["body_pose"][3], ref["global_orient"][3], ref["transl"][3], ref["betas"][3])
+    v0, j0 = _forward(model, ref["body_pose"][3], ref["global_orient"][3], ref["transl"][3], ref["betas"][3])
     np.testing.assert_allclose(np.asarray(v0), v[3], atol=1e-6)
     np.testing.assert_allclose(np.asarray(j0), j[3], atol=1e-6)
     assert model.name == "smplx" and model.faces.dtype == np.int32 and model.vertex_colors is None
@@ -56,10 +60,6 @@ def body():
     return builtin_body()
 
 
-def _rest_joints(body):
-    return np.asarray(body.forward(np.zeros(63, np.float32))[1])
-
-
 def test_builtin_body_is_a_closed_adult_sized_mesh(body):
     verts = np.asarray(body.v_template)
     mesh = trimesh.Trimesh(verts, body.faces, process=False)
@@ -76,7 +76,7 @@ def test_builtin_body_is_a_closed_adult_sized_mesh(body):
 
 
 def test_builtin_zero_pose_is_the_rest_pose(body):
-    v, j = body.forward(np.zeros(63, np.float32))
+    v, j = _forward(body, np.zeros(63, np.float32))
     np.testing.assert_allclose(np.asarray(v), np.asarray(body.v_template), atol=1e-6)
     np.testing.assert_allclose(np.asarray(j), np.asarray(body.j_template), atol=1e-6)
 
@@ -84,7 +84,7 @@ def test_builtin_zero_pose_is_the_rest_pose(body):
 def test_bending_the_elbow_moves_only_forearm_and_hand(body):
     pose = np.zeros((21, 3), np.float32)
     pose[J["left_elbow"] - 1] = (0.0, -np.pi / 2, 0.0)
-    v, j = body.forward(pose.reshape(-1))
+    v, j = _forward(body, pose.reshape(-1))
     rest = np.asarray(body.v_template)
     joints = np.asarray(body.j_template)
     moved = np.linalg.norm(np.asarray(v) - rest, axis=1) > 1e-5
@@ -104,7 +104,7 @@ def test_vmap_equals_single_pose(body):
     poses = np.stack(list(PRESETS.values()))
     v, j = _batched_forward(body, poses)
     for i, p in enumerate(poses):
-        vi, ji = body.forward(p)
+        vi, ji = _forward(body, p)
         np.testing.assert_allclose(v[i], np.asarray(vi), atol=1e-5)
         np.testing.assert_allclose(j[i], np.asarray(ji), atol=1e-5)
 
@@ -143,7 +143,7 @@ def test_presets_have_their_geometry(body):
     assert np.all(jt["carrying"][[J["left_wrist"], J["right_wrist"]], 1] < standing[J["spine3"], 1])
     assert np.all(jt["playing"][[J["left_wrist"], J["right_wrist"]], 1] > standing[J["spine2"], 1])
     # Laid down with its documented global orientation, 'lying' is flat and face up.
-    v_lying, j_lying = body.forward(get_preset("lying"), np.asarray(LYING_GLOBAL_ORIENT, np.float32))
+    v_lying, j_lying = _forward(body, get_preset("lying"), np.asarray(LYING_GLOBAL_ORIENT, np.float32))
     extent = np.ptp(np.asarray(v_lying), axis=0)
     assert extent[1] < 0.45 and extent[2] > 1.6
     nose = np.asarray(v_lying)[np.argmax(np.asarray(body.v_template)[:, 2])]
