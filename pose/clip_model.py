@@ -7,14 +7,12 @@ import dataclasses
 import functools
 import os
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-_WEIGHT_FILES = ("model.safetensors", "flax_model.msgpack")
 _TOKENIZER_FILES = ("vocab.json", "merges.txt")
 
 
@@ -82,7 +80,7 @@ def _text_features(module, params, input_ids):
 
 def _missing_message(path, what):
     return (f"CLIP model folder {path!r}: {what}. Expected the transformers layout of "
-            f"openai/clip-vit-base-patch32: config.json, model.safetensors (or flax_model.msgpack), "
+            f"openai/clip-vit-base-patch32: config.json, model.safetensors, "
             f"vocab.json, merges.txt. Get it on a machine with hub access with "
             f"`huggingface-cli download openai/clip-vit-base-patch32 --local-dir {path}` and copy it here.")
 
@@ -119,10 +117,10 @@ def load_clip(path) -> Clip:
 
     if path is None or not os.path.isdir(path):
         raise FileNotFoundError(_missing_message(path, "not a folder"))
-    missing = [f for f in ("config.json",) + _TOKENIZER_FILES if not os.path.isfile(os.path.join(path, f))]
-    weights = [f for f in _WEIGHT_FILES if os.path.isfile(os.path.join(path, f))]
-    if missing or not weights:
-        raise FileNotFoundError(_missing_message(path, f"missing {', '.join(missing or ['weights'])}"))
+    missing = [f for f in ("config.json", "model.safetensors") + _TOKENIZER_FILES
+               if not os.path.isfile(os.path.join(path, f))]
+    if missing:
+        raise FileNotFoundError(_missing_message(path, f"missing {', '.join(missing)}"))
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the deprecation notice of Flax classes is noise here
     try:
@@ -130,12 +128,7 @@ def load_clip(path) -> Clip:
         module = FlaxCLIPModel(config, _do_init=False, dtype=jnp.float32)
     finally:
         hf_logging.set_verbosity(verbosity)
-    weights_path = os.path.join(path, weights[0])
-    if weights[0].endswith(".safetensors"):
-        params = _params_from_safetensors(module, weights_path)
-    else:
-        with open(weights_path, "rb") as f:
-            params = flax.serialization.msgpack_restore(f.read())
+    params = _params_from_safetensors(module, os.path.join(path, "model.safetensors"))
     tokenizer = CLIPTokenizer.from_pretrained(path)
     params = jax.tree.map(jnp.asarray, params)
     return Clip(module=module, params=params, tokenizer=tokenizer, path=os.path.abspath(path))

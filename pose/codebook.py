@@ -36,10 +36,11 @@ class PoseStageError(Exception):
 
 
 def run_cli(main):
-    """Run a step's main(), turning user errors into `error: ...` on stderr and exit code 2."""
+    """Run a step's main(), turning user errors (bad file, flag or size; a missing optional package) into
+    one line `error: ...` on stderr and exit code 1."""
     try:
         main()
-    except (PoseStageError, FileNotFoundError) as e:
+    except (PoseStageError, FileNotFoundError, ImportError) as e:
         sys.exit(f"error: {e}")
 
 

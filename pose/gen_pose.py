@@ -46,7 +46,7 @@ def main(argv=None):
     body = load_body(a.body)
     front = cb.Views(azimuths=(0.0,), elevation_std_deg=0.0, size=a.size)
     images = np.asarray(cb.render_views(body, poses[idx], front, idx)[0][:, 0])
-    labels = [f"#{i} row {j} {s:.3f}" for i, (j, s) in enumerate(zip(idx, scores))]
+    labels = [f"#{i} row {j} | {s:.3f}" for i, (j, s) in enumerate(zip(idx, scores))]
     for i, j in enumerate(idx):
         cb.save_npy(os.path.join(a.out, f"top_{i}.npy"), poses[j])
         cb.save_png(os.path.join(a.out, f"top_{i}.png"), image_grid(images[i:i + 1], labels[i:i + 1], pad=0))
