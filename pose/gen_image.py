@@ -45,7 +45,7 @@ def image_name(phrase, index):
 
 
 def main(argv=None):
-    import guidance
+    from guidance import sampling
 
     a = parse_args(argv)
     if a.num_images_per_text < 1:
@@ -58,8 +58,9 @@ def main(argv=None):
             paths = [os.path.join(a.out, image_name(phrase, i)) for i in range(n)]
             missing = [i for i, p in enumerate(paths) if not os.path.isfile(p)]
             if missing:  # the whole phrase is regenerated with its seed, so the images are the same
-                images = np.asarray(guidance.generate_images(a.if_stage1, a.if_stage2, [PROMPT_TEMPLATE.format(phrase)],
-                                                             num_images_per_prompt=n, seed=a.seed + j))
+                images = np.asarray(sampling.generate_images(
+                    a.if_stage1, a.if_stage2, [PROMPT_TEMPLATE.format(phrase)], num_images_per_prompt=n,
+                    seed=a.seed + j, progress=False))
                 if images.shape[0] != n:
                     raise RuntimeError(f"generate_images returned {images.shape[0]} images for {n} requested")
                 for i in missing:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import guidance
+from guidance import sampling
 from pose import codebook as cb
 from pose import gen_codebook, gen_image, gen_pose, import_codebook, import_poses
 from pose.clip_model import load_clip
@@ -163,7 +163,7 @@ def test_gen_image_template_dedup_skip_and_names(tmp_path, monkeypatch):
         calls.append((prompts, num_images_per_prompt, seed))
         return np.full((num_images_per_prompt, 8, 8, 3), seed, np.uint8)
 
-    monkeypatch.setattr(guidance, "generate_images", fake, raising=False)
+    monkeypatch.setattr(sampling, "generate_images", fake)
     prompts = tmp_path / "p.txt"
     prompts.write_text("riding a bike\n\n  playing a drum \nriding a bike\n")
     out = tmp_path / "img"
