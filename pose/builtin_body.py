@@ -16,7 +16,9 @@ from pose.body_model import BODY_JOINT_NAMES, BODY_PARENTS, make_body_model
 
 _FLOOR = -1.34
 _GRID_STEP = 0.015  # metres; sets the vertex count (~10k)
-_BLEND = 0.02  # smooth-union radius (metres)
+_BLEND = 0.02  # smooth-union radius (metres) where a volume joins the body
+_TRUNK_BLEND = 0.06  # wider on the trunk, whose stacked ellipsoids would otherwise show ridges
+_TRUNK = ("pelvis", "spine1", "spine2", "spine3")
 _SKIN_SIGMA = 0.012  # distance scale of the skinning weights (metres)
 _SKIN_CUTOFF = 3.0  # weights further than this many sigmas from the nearest volume are zero
 
@@ -137,11 +139,11 @@ def _volume_sdfs(points, volumes):
     return np.stack(out, axis=-1)
 
 
-def _smooth_union(d, k):
-    """Polynomial smooth minimum over the last axis, applied left to right."""
+def _smooth_union(d, radii):
+    """Polynomial smooth minimum over the last axis, left to right; volume i joins with radii[i]."""
     acc = d[..., 0]
     for i in range(1, d.shape[-1]):
-        b = d[..., i]
+        b, k = d[..., i], radii[i]
         h = np.clip(0.5 + 0.5 * (b - acc) / k, 0.0, 1.0)
         acc = b * (1 - h) + acc * h - k * h * (1 - h)
     return acc
@@ -177,7 +179,8 @@ def _build():
     hi = np.array([0.93, _FLOOR + 1.78, 0.24])
     axes = [np.arange(l, h + _GRID_STEP, _GRID_STEP) for l, h in zip(lo, hi)]
     grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
-    field = _smooth_union(_volume_sdfs(grid.reshape(-1, 3), volumes), _BLEND).reshape(grid.shape[:3])
+    radii = [_TRUNK_BLEND if joint in _TRUNK else _BLEND for joint, _, _ in volumes]
+    field = _smooth_union(_volume_sdfs(grid.reshape(-1, 3), volumes), radii).reshape(grid.shape[:3])
     verts, faces, _, _ = measure.marching_cubes(field, level=0.0, spacing=(_GRID_STEP,) * 3)
     # Left as marching cubes returns it: closed and outward-facing; merging its near-coincident
     # vertices would pinch edges into non-manifold ones.
