@@ -72,6 +72,8 @@ def main(argv=None):
             if json.loads(str(f["settings"])) == settings:
                 centres, done, space = f["poses"], f["features"], str(f["space"])
                 print(f"resuming from {work}: {len(done)}/{len(centres)} poses have features")
+            else:
+                print(f"{work} was made with other settings: starting over")
     if centres is None:
         vposer = None
         if a.vposer:

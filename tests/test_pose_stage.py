@@ -93,6 +93,33 @@ def test_features_resume_and_chunking_agree(built):
     np.testing.assert_allclose(again, features, rtol=1e-5, atol=1e-6)
 
 
+def test_gen_codebook_resumes_after_interruption(pose_set, built, tmp_path, monkeypatch, capsys):
+    from pose.clip_model import Clip
+
+    real, calls = Clip.image_features, []
+
+    def failing(self, images):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, images)
+
+    out = tmp_path / "codebook.npz"
+    argv = ["--poses", str(pose_set[0]), "--out", str(out), "--cluster_size", "16", "--clip", CLIP,
+            "--size", str(SIZE), "--chunk", "8"]
+    monkeypatch.setattr(Clip, "image_features", failing)
+    with pytest.raises(KeyboardInterrupt):
+        gen_codebook.main(argv)
+    assert not out.exists() and os.path.exists(str(out) + ".work.npz")
+    monkeypatch.setattr(Clip, "image_features", real)
+    gen_codebook.main(argv)
+    printed = capsys.readouterr().out
+    assert "resuming" in printed and "8/16" in printed
+    want, got = cb.load_codebook(str(built)), cb.load_codebook(str(out))
+    np.testing.assert_allclose(got[0], want[0], atol=1e-6)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
+
+
 def test_renders_cover_projected_joints(built):
     """Every body joint projects (pinhole formula of pose.body_render, re-derived here) onto the
     rendered silhouette, in all four views."""
