@@ -62,7 +62,9 @@ class ImplicitVolume(nn.Module):
     def raw(self, x):
         """x [N,3] scene points -> (pre-softplus density [N], albedo features [N,3])."""
         enc = self.encoding((x + self.radius) / (2.0 * self.radius))
-        bias = self.blob_density * (1.0 - jnp.linalg.norm(x, axis=-1) / self.blob_radius)
+        # Guarded norm: finite gradient (zero) at the origin, where the plain norm's is NaN.
+        norm = jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1), 1e-20))
+        bias = self.blob_density * (1.0 - norm / self.blob_radius)
         return self.density_mlp(enc)[:, 0] + bias, self.feature_mlp(enc)
 
     def __call__(self, x):

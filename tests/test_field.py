@@ -25,6 +25,8 @@ def test_blob_bias_at_init():
     got = np.asarray(make_density_fn(field)(params, jnp.asarray(x)))
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-6)
     assert got[0] > 9.9 and got[-1] < 1e-8
+    # The blob's norm has no gradient at the origin: normals there must stay finite.
+    assert np.all(np.isfinite(np.asarray(field_outputs(field, params, jnp.asarray(x))["normal"])))
 
 
 def _random_field(seed=0):
