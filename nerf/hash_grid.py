@@ -63,6 +63,7 @@ def encode(table, x, n_levels, log2_hashmap_size=19, base_resolution=16,
     """Pure encoding: table [Σ T_l, F], x [N,3] in [0,1] -> [N, L·F] (level-major)."""
     layout = level_layout(n_levels, log2_hashmap_size, base_resolution, per_level_scale)
     weights, rows = _corner_weights_and_rows(x, *layout)
+    # Rows are in range by construction; "clip" spares the out-of-bounds masking of the default.
     feats = jnp.take(table, rows, axis=0, mode="clip")  # [N,L,8,F]
     out = jnp.einsum("nlc,nlcf->nlf", weights.astype(table.dtype), feats)
     return out.reshape(x.shape[0], -1)
