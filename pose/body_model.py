@@ -81,7 +81,11 @@ class BodyModel:
         Returns (vertices [V,3], joints [J,3]); unbatched, use `jax.vmap` for batches.
         """
         dtype = self.v_template.dtype
-        body_pose = jnp.asarray(body_pose, dtype).reshape(NUM_BODY_JOINTS, 3)
+        body_pose = jnp.asarray(body_pose, dtype)
+        if body_pose.size != 3 * NUM_BODY_JOINTS:
+            raise ValueError(f"body_pose: expected {3 * NUM_BODY_JOINTS} axis-angle numbers, got shape "
+                             f"{body_pose.shape} (use jax.vmap for batches)")
+        body_pose = body_pose.reshape(NUM_BODY_JOINTS, 3)
         global_orient = jnp.zeros(3, dtype) if global_orient is None else jnp.asarray(global_orient, dtype)
         rots = axis_angle_to_matrix(jnp.concatenate([global_orient[None], body_pose], axis=0))
 

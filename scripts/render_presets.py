@@ -34,9 +34,8 @@ def render_sheet(body, size=256, distance=3.2, fov_deg=40.0, elevation_deg=10.0)
     n_views = len(AZIMUTHS)
     cams = orbit_cameras(np.tile(AZIMUTHS, len(names)), np.full(len(names) * n_views, elevation_deg),
                          distance, fov_deg, size)
-    colors = body.vertex_colors
     images = render_mesh(np.repeat(verts, n_views, axis=0), body.faces, cams,
-                         vertex_colors=None if colors is None else colors, chunk=n_views)["image"]
+                         vertex_colors=body.vertex_colors, chunk=n_views)["image"]
     labels = [f"{n}: {v}" for n in names for v in VIEW_NAMES]
     return image_grid(np.asarray(images), labels, cols=n_views)
 

@@ -51,6 +51,8 @@ def test_smplx_loader_errors(tmp_path):
     np.savez(bad, **arrays)
     with pytest.raises(KeyError, match=r"SMPLX_NEUTRAL.npz.*'weights'"):
         load_smplx(bad)
+    with pytest.raises(ValueError, match="body_pose: expected 63"):
+        load_smplx(os.path.join(FIXTURE, "SMPLX_NEUTRAL.npz")).forward(np.zeros((2, 63)))
     with pytest.raises(ValueError, match="betas"):
         load_smplx(os.path.join(FIXTURE, "SMPLX_NEUTRAL.npz")).forward(np.zeros(63), betas=np.zeros(301))
 
