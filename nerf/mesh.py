@@ -3,9 +3,8 @@
 Threshold rule (threshold=None): threestudio's `isosurface_threshold: "auto"` as the release runs
 it (no coarse-to-fine pass): the level is mean + 5 · std of the density over the grid vertices.
 This picks out the dense object over a thin low-density haze; it suits objects filling a small part
-of the box (up to a few percent of its volume). For a large object it can exceed the largest density,
-which is reported as an error: pass `threshold` explicitly then (a level where one grid step is half
-opaque, ln 2 / step, is a physical choice).
+of the box (up to a few percent of its volume). For a large object that level can exceed the
+largest density; then the level is ln 2 / step, where one grid step of the mesh grid is half opaque.
 """
 import os
 import tempfile
@@ -30,9 +29,11 @@ def _evaluate(fn, points, chunk, desc):
     return np.concatenate(outs)[:n]
 
 
-def auto_threshold(density):
-    """The level used when `extract_mesh` gets threshold=None: mean + 5 · std of the grid."""
-    return float(np.mean(density) + 5.0 * np.std(density))
+def auto_threshold(density, step):
+    """The level used when `extract_mesh` gets threshold=None (module docstring); `step` is the
+    grid spacing."""
+    level = float(np.mean(density) + 5.0 * np.std(density))
+    return level if level < float(np.max(density)) else float(np.log(2.0) / step)
 
 
 def extract_mesh(density_fn, albedo_fn, bound, resolution=128, threshold=None, chunk=2**18):
@@ -49,14 +50,14 @@ def extract_mesh(density_fn, albedo_fn, bound, resolution=128, threshold=None, c
     if not np.all(np.isfinite(density)):
         raise ValueError(f"nerf.mesh: density grid has {np.sum(~np.isfinite(density))} non-finite "
                          "values; cannot extract a mesh")
-    level = auto_threshold(density) if threshold is None else float(threshold)
+    step = 2.0 * bound / (resolution - 1)
+    level = auto_threshold(density, step) if threshold is None else float(threshold)
     lo, hi = float(density.min()), float(density.max())
     if not lo < level < hi:
-        rule = "auto threshold (mean + 5 std)" if threshold is None else "threshold"
+        rule = "automatic threshold" if threshold is None else "threshold"
         state = "empty" if level >= hi else "full"
         raise ValueError(f"nerf.mesh: the density grid is {state} at the {rule} {level:.4g}: "
                          f"densities span [{lo:.4g}, {hi:.4g}]; pass a threshold inside that range")
-    step = 2.0 * bound / (resolution - 1)
     verts, faces, _, _ = skimage.measure.marching_cubes(density, level=level, spacing=(step,) * 3)
     verts = (verts - bound).astype(np.float32)
     colors = None

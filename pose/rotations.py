@@ -52,8 +52,8 @@ def matrix_to_axis_angle(r):
     """[..., 3, 3] -> [..., 3], angle in [0, pi]; accurate near 0 and near pi.
 
     Away from pi the axis comes from the antisymmetric part; near pi that part vanishes, so the axis
-    is read from the largest diagonal entry of (R + I) / 2 = n n^T, with its sign fixed by the
-    antisymmetric part.
+    is read from the symmetric part, R + R^T = 2 cos I + 2 (1 - cos) n n^T, through the largest
+    diagonal entry of n n^T, with its sign fixed by the antisymmetric part.
     """
     trace = r[..., 0, 0] + r[..., 1, 1] + r[..., 2, 2]
     cos = jnp.clip((trace - 1.0) / 2.0, -1.0, 1.0)
@@ -67,7 +67,9 @@ def matrix_to_axis_angle(r):
     factor = jnp.where(small, 0.5 + theta**2 / 12.0, theta / jnp.maximum(sin2, _EPS))
     aa_regular = vee * factor[..., None]
 
-    nnt = (r + jnp.eye(3, dtype=r.dtype)) / 2.0
+    eye = jnp.eye(3, dtype=r.dtype)
+    sym = (r + jnp.swapaxes(r, -1, -2)) / 2.0
+    nnt = (sym - cos[..., None, None] * eye) / jnp.maximum(1.0 - cos, _EPS)[..., None, None]
     diag = jnp.stack([nnt[..., 0, 0], nnt[..., 1, 1], nnt[..., 2, 2]], axis=-1)
     k = jnp.argmax(diag, axis=-1)
     col = jnp.take_along_axis(nnt, k[..., None, None].repeat(3, axis=-1), axis=-2)[..., 0, :]

@@ -49,6 +49,13 @@ def test_auto_threshold_is_mean_plus_five_std():
     np.testing.assert_allclose(np.linalg.norm(mesh.vertices, axis=-1), want, atol=0.02)
 
 
+def test_auto_threshold_falls_back_to_half_opaque_steps_for_large_objects():
+    bound, res = 2.0, 48  # a ball of radius 1.4 fills a third of the box: mean + 5 std > peak
+    mesh = extract_mesh(ball(1.4), None, bound=bound, resolution=res)
+    want = level_radius(1.4, np.log(2.0) / (2 * bound / (res - 1)))
+    np.testing.assert_allclose(np.linalg.norm(mesh.vertices, axis=-1), want, atol=0.05)
+
+
 def test_empty_full_and_nan_grids_are_errors():
     with pytest.raises(ValueError, match="empty"):
         extract_mesh(ball(0.5), None, bound=2.0, resolution=16, threshold=1e4)
