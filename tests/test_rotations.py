@@ -1,6 +1,5 @@
 """pose.rotations against scipy.spatial.transform.Rotation."""
 import numpy as np
-import pytest
 from scipy.spatial.transform import Rotation
 
 from pose.rotations import axis_angle_to_matrix, matrix_to_axis_angle, rot6d_to_axis_angle, rot6d_to_matrix
