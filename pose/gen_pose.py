@@ -55,6 +55,12 @@ def main(argv=None):
                   pre_topk=a.pre_topk, results=[dict(rank=i, file=f"top_{i}.npy", codebook_index=int(j),
                                                      score=float(s)) for i, (j, s) in enumerate(zip(idx, scores))])
     cb.save_text(os.path.join(a.out, "scores.json"), json.dumps(report, indent=2))
+    stale = a.topk
+    while os.path.exists(os.path.join(a.out, f"top_{stale}.npy")):  # from an earlier run with a larger topk
+        for ext in ("npy", "png"):
+            if os.path.exists(os.path.join(a.out, f"top_{stale}.{ext}")):
+                os.remove(os.path.join(a.out, f"top_{stale}.{ext}"))
+        stale += 1
     for line in labels:
         print(line)
     print(f"wrote {a.topk} poses, renders, strip.png and scores.json to {a.out}")

@@ -143,6 +143,8 @@ def test_renders_cover_projected_joints(built):
 
 def test_gen_pose_outputs(built, tmp_path):
     out = tmp_path / "q"
+    out.mkdir()
+    np.save(out / "top_3.npy", np.zeros(63))  # left by an earlier run with a larger --topk
     gen_pose.main(["--codebook", str(built), "--text", "riding a bike", "--topk", "3", "--out", str(out),
                    "--clip", CLIP])  # default 224 px renders
     poses, features, _ = cb.load_codebook(str(built))
@@ -162,6 +164,7 @@ def test_gen_pose_outputs(built, tmp_path):
         np.testing.assert_array_equal(p, poses[j])
         img = np.asarray(Image.open(out / f"top_{i}.png"))
         assert img.shape == (224, 224, 3) and (img < 200).any(axis=-1).mean() > 0.01
+    assert not (out / "top_3.npy").exists()
     strip = np.asarray(Image.open(out / "strip.png"))
     assert strip.shape[1] >= 3 * 224 and strip.shape[0] >= 224
 
