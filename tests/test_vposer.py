@@ -31,22 +31,12 @@ def _scipy_aa(matrot):
     return Rotation.from_matrix(matrot.reshape(-1, 3, 3).astype(np.float64)).as_rotvec()
 
 
-def test_decoder_axis_angle_matches_scipy_below_2_6_rad(vp):
+def test_decoder_axis_angle_matches_scipy(vp):
+    """All angles, including the (2.7, pi) range some decoded joints fall in."""
     model, ref = vp
     aa, want = np.asarray(model.decode(ref["z"])).reshape(-1, 3), _scipy_aa(ref["matrot"])
-    keep = np.linalg.norm(want, axis=1) < 2.6
-    assert keep.sum() > 100
-    np.testing.assert_allclose(aa[keep], want[keep], atol=1e-4)
-
-
-@pytest.mark.xfail(strict=True, reason="pose.rotations.matrix_to_axis_angle's near-pi branch (cos < -0.9) "
-                   "reads the axis from (R + I) / 2, exact only at pi: wrong for angles in (2.69, pi)")
-def test_decoder_axis_angle_matches_scipy_near_pi(vp):
-    model, ref = vp
-    aa, want = np.asarray(model.decode(ref["z"])).reshape(-1, 3), _scipy_aa(ref["matrot"])
-    big = np.linalg.norm(want, axis=1) >= 2.6
-    assert big.any()
-    np.testing.assert_allclose(aa[big], want[big], atol=1e-4)
+    assert (np.linalg.norm(want, axis=1) > 2.6).any()
+    np.testing.assert_allclose(aa, want, atol=1e-4)
 
 
 def test_bad_layer_names_are_named(tmp_path):
