@@ -7,10 +7,11 @@ at pixel column u = W/2 + f x_c / depth and row v = H/2 - f y_c / depth (row 0 a
 f = (H/2) / tan(fov/2); pixel (row i, column j) has its centre at (i + 0.5, j + 0.5).
 
 Rasterisation is a two-pass scatter-min z-buffer. Each triangle is tested against a fixed window of
-K x K pixels at the corner of its projected bounding box; K is chosen on the host from the largest
-projected triangles of the batch (a cost model over K), and triangles whose box exceeds K pixels go
-to a brute-force path that tests them against every pixel (a scan over those faces), so nothing is
-ever dropped. Pass 1 scatter-mins the depths into a per-view buffer; pass 2 scatter-mins the face
+K x K pixels at the corner of its projected bounding box (clipped to the image). On the host, faces
+are grouped by the smallest K in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32) that holds their box in every
+view of the batch (static shapes per group); triangles larger than 32 pixels go to a brute-force path
+that tests them against every pixel (a scan over those faces), so nothing is ever dropped, and faces
+that cover no pixel centre in any view are skipped. Pass 1 scatter-mins the depths into a per-view buffer; pass 2 scatter-mins the face
 index among the candidates at that depth (ties go to the lowest face index). A per-pixel pass then
 computes perspective-correct barycentrics of the winning face and shades. Both sides of every face
 are drawn. Faces with a vertex closer than `NEAR` to a camera are skipped in that view: the meshes
@@ -25,7 +26,7 @@ import numpy as np
 from flax import struct
 
 NEAR = 1e-3
-_MAX_WINDOW = 32
+_WINDOWS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)  # window sizes (pixels); larger faces: brute force
 _AMBIENT = 0.35
 _DIFFUSE = 0.65
 _GREY = 0.75
@@ -152,48 +153,66 @@ def _face_spans(vertices, faces, cams):
   return jnp.max(span, axis=0).astype(jnp.int32)
 
 
-def _plan(spans, num_pixels):
-  """Host-side choice of the window K and the faces drawn by brute force (cost model over K)."""
-  best = None
-  for k in range(1, _MAX_WINDOW + 1):
-    large = int(np.sum(spans > k))
-    cost = (len(spans) - large) * k * k + large * num_pixels
-    if best is None or cost < best[0]:
-      best = (cost, k)
-  k = best[1]
-  small_idx = np.nonzero(spans <= k)[0].astype(np.int32)
-  large_idx = np.nonzero(spans > k)[0].astype(np.int32)
-  if len(large_idx):  # pad to a power of two so batches of similar meshes share a compilation
-    pad = (1 << int(math.ceil(math.log2(len(large_idx))))) - len(large_idx)
-    large_idx = np.concatenate([large_idx, np.full(pad, -1, np.int32)])
-  return k, small_idx, large_idx
+def _pad_pow2(idx):
+  """Pad an index list with -1 to a power of two, so similar meshes share a compilation."""
+  if not len(idx):
+    return idx
+  return np.concatenate([idx, np.full((1 << int(math.ceil(math.log2(len(idx))))) - len(idx), -1,
+                                      np.int32)])
 
 
-def _rasterize_view(screen, faces, small_idx, large_idx, window, height, width):
-  """One view: screen [V, 3] -> face index [H*W] (F for background)."""
-  num_faces = faces.shape[0]
-  num_pixels = height * width
-  tri_all = screen[faces]
-  valid_all = _face_valid(tri_all)
+def _plan(spans):
+  """Host-side grouping of faces by window: each face goes to the smallest window of _WINDOWS that
+  holds its pixel box in every view; larger faces go to the brute-force path; faces that cover no
+  pixel centre in any view are dropped. Returns (windows tuple, index arrays tuple, brute index)."""
+  windows, groups, lower = [], [], 0
+  for k in _WINDOWS:
+    idx = np.nonzero((spans > lower) & (spans <= k))[0].astype(np.int32)
+    if len(idx):
+      windows.append(k)
+      groups.append(_pad_pow2(idx))
+    lower = k
+  brute = _pad_pow2(np.nonzero(spans > lower)[0].astype(np.int32))
+  return tuple(windows), tuple(groups), brute
 
-  # Window path: each small face tests the K x K pixels at the corner of its box.
-  tri = tri_all[small_idx]
-  valid = valid_all[small_idx]
-  col0 = jnp.ceil(jnp.min(tri[:, :, 0], axis=-1) - 0.5)
-  row0 = jnp.ceil(jnp.min(tri[:, :, 1], axis=-1) - 0.5)
+
+def _window_candidates(tri_all, valid_all, idx, window, height, width):
+  """Pixels (flat index, H*W = none), depths and face ids of the K x K windows of faces idx."""
+  tri = tri_all[jnp.maximum(idx, 0)]
+  valid = (idx >= 0) & valid_all[jnp.maximum(idx, 0)]
+  # The window starts at the first on-screen pixel centre of the face's box, as the spans count.
+  col0 = jnp.maximum(jnp.ceil(jnp.min(tri[:, :, 0], axis=-1) - 0.5), 0)
+  row0 = jnp.maximum(jnp.ceil(jnp.min(tri[:, :, 1], axis=-1) - 0.5), 0)
   offs = jnp.arange(window, dtype=jnp.float32)
   cols = (col0[:, None, None] + offs[None, None, :]) * jnp.ones((1, window, 1))
   rows = (row0[:, None, None] + offs[None, :, None]) * jnp.ones((1, 1, window))
   bary, _ = _edge_bary(tri[:, None, None], cols + 0.5, rows + 0.5)
   depth = _depth_at(tri[:, None, None], bary)
-  hit = (valid[:, None, None] & jnp.all(bary >= -_EDGE_EPS, axis=-1) & (cols >= 0)
-         & (cols < width) & (rows >= 0) & (rows < height) & (depth > NEAR))
-  pix = jnp.where(hit, rows * width + cols, num_pixels).astype(jnp.int32).reshape(-1)
-  depth = jnp.where(hit, depth, jnp.inf).reshape(-1)
+  hit = (valid[:, None, None] & jnp.all(bary >= -_EDGE_EPS, axis=-1) & (cols < width)
+         & (rows < height) & (depth > NEAR))
+  pix = jnp.where(hit, rows * width + cols, height * width).astype(jnp.int32).reshape(-1)
+  ids = jnp.broadcast_to(idx[:, None, None], hit.shape).reshape(-1)
+  return pix, jnp.where(hit, depth, jnp.inf).reshape(-1), ids
+
+
+def _rasterize_view(screen, faces, windows, groups, brute, height, width):
+  """One view: screen [V, 3] -> face index [H*W] (F for background)."""
+  num_faces = faces.shape[0]
+  num_pixels = height * width
+  tri_all = screen[faces]
+  valid_all = _face_valid(tri_all)
+  cands = [_window_candidates(tri_all, valid_all, idx, k, height, width)
+           for k, idx in zip(windows, groups)]
+  if cands:
+    pix, depth, ids = (jnp.concatenate(c) for c in zip(*cands))
+  else:
+    pix, depth, ids = jnp.zeros(0, jnp.int32), jnp.zeros(0), jnp.zeros(0, jnp.int32)
   zbuf = jnp.full(num_pixels + 1, jnp.inf).at[pix].min(depth)
 
-  # Brute-force path for faces larger than the window: a scan over them, every pixel each.
-  if large_idx.shape[0]:
+  # Brute-force path for faces larger than every window: a scan over them, every pixel each.
+  zlarge = jnp.full(num_pixels, jnp.inf)
+  flarge = jnp.full(num_pixels, num_faces, jnp.int32)
+  if brute.shape[0]:
     py, px = jnp.meshgrid(jnp.arange(height) + 0.5, jnp.arange(width) + 0.5, indexing="ij")
     px, py = px.reshape(-1), py.reshape(-1)
 
@@ -206,26 +225,21 @@ def _rasterize_view(screen, faces, small_idx, large_idx, window, height, width):
       better = ok & (z < zmin)
       return (jnp.where(better, z, zmin), jnp.where(better, f, fmin)), None
 
-    init = (jnp.full(num_pixels, jnp.inf), jnp.full(num_pixels, num_faces, jnp.int32))
-    (zlarge, flarge), _ = jax.lax.scan(step, init, large_idx)
-  else:
-    zlarge = jnp.full(num_pixels, jnp.inf)
-    flarge = jnp.full(num_pixels, num_faces, jnp.int32)
+    (zlarge, flarge), _ = jax.lax.scan(step, (zlarge, flarge), brute)
 
   zbuf = jnp.minimum(zbuf[:num_pixels], zlarge)
   zbuf_ext = jnp.concatenate([zbuf, jnp.array([-jnp.inf])])
-  face_ids = jnp.broadcast_to(small_idx[:, None, None], hit.shape).reshape(-1)
-  winner = jnp.where(depth <= zbuf_ext[pix], face_ids, num_faces)
+  winner = jnp.where(depth <= zbuf_ext[pix], ids, num_faces)
   fbuf = jnp.full(num_pixels + 1, num_faces, jnp.int32).at[pix].min(winner)[:num_pixels]
   return jnp.minimum(fbuf, jnp.where(zlarge <= zbuf, flarge, num_faces))
 
 
-def _fragments(vertices, faces, cams, small_idx, large_idx, window):
+def _fragments(vertices, faces, cams, windows, groups, brute):
   """Per-pixel face index (-1 background), perspective-correct barycentrics and depth."""
   height, width = cams.height, cams.width
   screen = _project_batch(vertices, cams)
   face = jax.vmap(_rasterize_view, in_axes=(0, None, None, None, None, None, None))(
-      screen, faces, small_idx, large_idx, window, height, width)
+      screen, faces, windows, groups, brute, height, width)
   covered = face < faces.shape[0]
   face = jnp.where(covered, face, 0)
   tri = jax.vmap(lambda s, f: s[faces[f]])(screen, face)  # [B, HW, 3, 3]
@@ -340,10 +354,10 @@ def _take(tree, lo, hi, size):
   return jax.tree_util.tree_map(lambda x: x[idx], tree)
 
 
-@functools.partial(jax.jit, static_argnames=("window", "shade"))
+@functools.partial(jax.jit, static_argnames=("windows", "shade"))
 def _render_chunk(vertices, faces, cams, vertex_colors, uv, texture, light_dir, background,
-                  small_idx, large_idx, window, shade):
-  frags = _fragments(vertices, faces, cams, small_idx, large_idx, window)
+                  windows, groups, brute, shade):
+  frags = _fragments(vertices, faces, cams, windows, groups, brute)
   if not shade:
     return frags
   image = _shade(vertices, faces, cams, frags, vertex_colors, uv, texture, light_dir, background)
@@ -359,7 +373,8 @@ def _run(vertices, faces, cams, vertex_colors, uv, texture, light_dir, backgroun
   for lo in range(0, total, chunk):  # one plan for all chunks, so they share a compilation
     part = _take((vertices, cams), lo, min(lo + chunk, total), chunk)
     spans = np.maximum(spans, np.asarray(_face_spans(part[0], faces, part[1])))
-  window, small_idx, large_idx = _plan(spans, cams.height * cams.width)
+  windows, groups, brute = _plan(spans)
+  groups = tuple(jnp.asarray(g) for g in groups)
   light = None if light_dir is None else jnp.asarray(light_dir, jnp.float32)
   outs = []
   for lo in range(0, total, chunk):
@@ -367,7 +382,7 @@ def _run(vertices, faces, cams, vertex_colors, uv, texture, light_dir, backgroun
     v, c, vc = _take((vertices, cams, vertex_colors), lo, hi, chunk)
     lt = light if light is None or light.ndim == 1 else _take(light, lo, hi, chunk)
     out = _render_chunk(v, faces, c, vc, uv, texture, lt, jnp.asarray(background, jnp.float32),
-                        jnp.asarray(small_idx), jnp.asarray(large_idx), window, shade)
+                        windows, groups, jnp.asarray(brute), shade)
     outs.append(jax.tree_util.tree_map(lambda x, n=hi - lo: x[:n], out))
   if len(outs) == 1:
     return outs[0]
