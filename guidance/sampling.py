@@ -102,6 +102,7 @@ def ddpm_step(config: SchedulerConfig, alphas_cumprod, model_output, t, prev_t, 
         raise ValueError(f"ddpm_step: variance_type learned_range needs {2 * channels} output channels "
                          f"(ε̂ and variance); got {model_output.shape[-1]}.")
     eps = model_output[..., :channels]
+    alphas_cumprod = jnp.asarray(alphas_cumprod, jnp.float32)
     ab_t = alphas_cumprod[t]
     ab_prev = jnp.where(prev_t >= 0, alphas_cumprod[jnp.maximum(prev_t, 0)], 1.0)
     alpha_t = ab_t / ab_prev

@@ -8,21 +8,28 @@ step's four SDS terms cost one batched forward pass.
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from diffusers import FlaxDDPMScheduler
 
 WEIGHTINGS = ("uniform", "sds", "fantasia3d")
 VIEW_SUFFIXES = ("front view", "side view", "back view", "overhead view")
 
 
+@functools.lru_cache(maxsize=None)
 def ddpm_alphas_cumprod(num_train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2",
-                        beta_start: float = 0.0001, beta_end: float = 0.02) -> jnp.ndarray:
-    """ᾱ_t [num_train_timesteps] float32 of diffusers' DDPM schedule (IF's: squaredcos_cap_v2, 1000 steps)."""
-    scheduler = FlaxDDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
-                                  beta_start=beta_start, beta_end=beta_end)
-    return scheduler.create_state().common.alphas_cumprod
+                        beta_start: float = 0.0001, beta_end: float = 0.02) -> np.ndarray:
+    """ᾱ_t [num_train_timesteps] float32 (read-only NumPy) of diffusers' DDPM schedule (IF's: squaredcos_cap_v2,
+    1000 steps). Cached, and computed eagerly even when called while tracing a jitted function."""
+    with jax.ensure_compile_time_eval():
+        scheduler = FlaxDDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
+                                      beta_start=beta_start, beta_end=beta_end)
+        alphas = np.asarray(scheduler.create_state().common.alphas_cumprod, np.float32)
+    alphas.flags.writeable = False
+    return alphas
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +90,7 @@ def sds_from_noise(unet_fn, images, cond_emb, uncond_emb, t, noise, alphas_cumpr
     _check_inputs(images, cond_emb, uncond_emb)
     n = images.shape[0]
     x = to_model_space(images, config.image_size)
-    alpha_bar = alphas_cumprod[t].astype(jnp.float32)[:, None, None, None]
+    alpha_bar = jnp.asarray(alphas_cumprod, jnp.float32)[t][:, None, None, None]
     x_t = jax.lax.stop_gradient(jnp.sqrt(alpha_bar) * x + jnp.sqrt(1.0 - alpha_bar) * noise)
     uncond = jnp.broadcast_to(uncond_emb, cond_emb.shape)
     out = unet_fn(jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]), jnp.concatenate([cond_emb, uncond]))

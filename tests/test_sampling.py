@@ -51,7 +51,7 @@ def test_stage1_with_analytic_denoiser_lands_on_target():
     size = 16
     yy, xx = np.meshgrid(np.linspace(0, 1, size), np.linspace(0, 1, size), indexing="ij")
     target = np.stack([0.2 + 0.6 * xx, 0.2 + 0.6 * yy, 0.5 + 0.2 * xx * yy], -1).astype(np.float32)
-    alphas = SchedulerConfig().alphas_cumprod()
+    alphas = jnp.asarray(SchedulerConfig().alphas_cumprod())
 
     def unet_fn(params, x, t, emb):
         ab = alphas[t][:, None, None, None]
