@@ -8,5 +8,5 @@ from pose.body_model import BodyModel, load_body, load_smplx
 from pose.builtin_body import builtin_body
 from pose.presets import PRESETS, get_preset
 from pose.pose_files import PoseFileError, load_pose, read_poses
-from pose.guide_body import GuideBody, guide_body
+from pose.guide_body import GuideBody, body_to_scene, guide_body, scene_to_body
 from pose.body_prior import BodyPrior

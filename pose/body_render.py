@@ -389,7 +389,7 @@ def _run(vertices, faces, cams, vertex_colors, uv, texture, light_dir, backgroun
   return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *outs)
 
 
-def rasterize(vertices, faces, cameras, chunk=None):
+def rasterize(vertices, faces, cameras, chunk=256):
   """Visibility only: dict of face_index [B, H, W] int32 (-1 = background), bary [B, H, W, 3]
   (perspective-correct barycentrics of the visible face), depth [B, H, W] (inf = background) and
   mask [B, H, W] bool. vertices: [V, 3] (shared by all views) or [B, V, 3]; faces: [F, 3]."""
@@ -397,7 +397,7 @@ def rasterize(vertices, faces, cameras, chunk=None):
 
 
 def render_mesh(vertices, faces, cameras, vertex_colors=None, uv=None, texture=None,
-                background=1.0, light_dir=None, chunk=None):
+                background=1.0, light_dir=None, chunk=256):
   """Shaded images of a mesh: dict image [B, H, W, 3] float32 in [0, 1] and mask [B, H, W] bool.
 
   vertices: [V, 3] or [B, V, 3]; faces: [F, 3]. Albedo: `texture` [Ht, Wt, 3] sampled bilinearly at
@@ -405,8 +405,8 @@ def render_mesh(vertices, faces, cameras, vertex_colors=None, uv=None, texture=N
   `vertex_colors` ([V, 3] or [B, V, 3]) interpolated, else grey. Shading: albedo x (0.35 + 0.65
   max(0, n.l)) with interpolated vertex normals; light_dir [3] or [B, 3] points towards the light
   (world frame); None = a head light slightly above each camera. background: scalar or RGB.
-  chunk: views rendered per jitted call (bounds memory for thousands of views; the last chunk is
-  padded, so every chunk shares one compilation).
+  chunk: views rendered per jitted call, which bounds memory for thousands of views (the last
+  chunk is padded, so every chunk shares one compilation; None = all views at once).
   """
   return _run(vertices, faces, cameras, vertex_colors, uv, texture, light_dir, background, chunk,
               shade=True)
