@@ -87,13 +87,13 @@ def main():
     def update(grid, key, density, step):
         return update_grid(grid, key, density, step, step_size=march.step_size)[0]
 
-    update_single = jax.jit(lambda g, k, s: update(g, k, fields(params)[0].density, s))
-    update_sum = jax.jit(lambda g, k, s: update(
-        g, k, lambda x: fields(params)[0].density(x) + fields(params)[1].density(x), s))
+    update_single = jax.jit(lambda p, g, k, s: update(g, k, fields(p)[0].density, s))
+    update_sum = jax.jit(lambda p, g, k, s: update(
+        g, k, lambda x: fields(p)[0].density(x) + fields(p)[1].density(x), s))
     grid, grid_sum = init_grid(radius=march.radius), init_grid(radius=march.radius)
     for i, k in enumerate(jax.random.split(k_grid, args.grid_updates)):
-        grid = update_single(grid, k, 16 * i)
-        grid_sum = update_sum(grid_sum, k, 16 * i)
+        grid = update_single(params, grid, k, 16 * i)
+        grid_sum = update_sum(params, grid_sum, k, 16 * i)
 
     o, d = generate_rays(cam.c2w, cam.fovy, size, size)
     c2w_views = [cam.c2w.at[:3, 3].mul(s) for s in (0.7, 0.7, 0.8, 0.2)]
