@@ -15,7 +15,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests
 
 demo: $(STAMP)
-	$(PY) -m interfusion_jax.demo
+	$(PY) -m interfusion_jax.train --config configs/demo.py
 
 clean:
 	rm -rf $(VENV) outputs

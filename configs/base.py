@@ -35,7 +35,7 @@ def get_config():
     )
 
     # DeepFloyd IF stage I for score distillation (SPEC 2.5). model_dir holds unet/, text_encoder/,
-    # tokenizer/ of DeepFloyd/IF-I-XL-v1.0.
+    # tokenizer/ of DeepFloyd/IF-I-XL-v1.0. grad_clip: 0 (off), a number or a schedule.
     c.guidance = ml_collections.ConfigDict(
         dict(
             model_dir="",

@@ -11,7 +11,7 @@ def get_config():
     c = scene_config("demo", "a chair", "sitting on a chair", "preset:sitting", mode="aug_rot")
     c.body.prior_resolution = 48
     c.field.update(dict(n_levels=8, log2_hashmap_size=14, per_level_scale=1.5, mlp_hidden=32))
-    c.render.update(dict(width=32, height=32, max_samples=2**14, num_steps_per_diagonal=256))
+    c.render.update(dict(width=32, height=32, max_samples=2**16, num_steps_per_diagonal=256))
     c.train.update(dict(max_steps=40, val_every=20, val_views=2, object_center_every=20,
                         object_center_resolution=32))
     c.material.ambient_only_steps = 10

@@ -1,0 +1,119 @@
+"""Interaction stage: `python -m interfusion_jax.train --config configs/<scene>.py [--config.a.b=v]`.
+
+Writes under `<output_dir>/<name>/`: config.py (the resolved config; `--config` it to repeat the
+run), metrics.jsonl, val/ images, ckpt/ (Orbax), test/ videos and mesh/ files. Resume with
+`--config.train.resume=<run>/ckpt` (add `--config.train.weights_only=True` to restart the optimiser);
+a resume whose checkpoint already reached `train.max_steps` only renders the test views and meshes.
+"""
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from interfusion_jax.checkpoint import restore_checkpoint, save_checkpoint
+from interfusion_jax.config import exit_on_config_error, parse_config, save_config
+from interfusion_jax.evaluate import export_meshes, make_eval_renderer, save_test, save_validation
+from interfusion_jax.guidance_setup import setup_guidance
+from interfusion_jax.scene import object_center
+from interfusion_jax.train_step import init_state, make_scene_model, make_train_step
+from pose import BodyPrior, guide_body, load_body, load_pose
+
+
+def build(cfg, key):
+    """Config -> (scene model, initial state, guidance)."""
+    body = load_body(cfg.body.body_model or None)
+    gb = guide_body(body, load_pose(cfg.body.pose), cfg.body.mode)
+    prior = BodyPrior.build(gb.vertices, gb.faces, bound=cfg.field.radius,
+                            resolution=cfg.body.prior_resolution)
+    k_state, k_guidance = jax.random.split(key)
+    model = make_scene_model(cfg, gb.head, prior)
+    return model, init_state(model, cfg, k_state), setup_guidance(cfg, k_guidance)
+
+
+def _resume(state, cfg):
+    templates = {"params": state.params}
+    if not cfg.train.weights_only:
+        templates.update(opt_state=state.opt_state, scene=_scene_item(state))
+    step, items, meta = restore_checkpoint(cfg.train.resume, templates)
+    state = state.replace(params=items["params"])
+    if not cfg.train.weights_only:
+        state = state.replace(opt_state=items["opt_state"], **items["scene"],
+                              step=jnp.asarray(step, jnp.int32),
+                              key=jnp.asarray(np.asarray(meta["key"], np.uint32)))
+    return state
+
+
+def _scene_item(state):
+    """Occupancy grids and object centre, one checkpoint item (Orbax stores no bare arrays)."""
+    return {"grids": state.grids, "center": state.center}
+
+
+def _save(state, out_dir):
+    save_checkpoint(os.path.join(out_dir, "ckpt"), int(state.step),
+                    {"params": state.params, "opt_state": state.opt_state,
+                     "scene": _scene_item(state)},
+                    meta={"key": np.asarray(state.key).tolist()})
+
+
+def _log(f, step, metrics):
+    row = {"step": step}
+    for k, v in jax.device_get(metrics).items():
+        v = np.asarray(v)
+        row[k] = v.item() if v.size == 1 else v.tolist()
+    f.write(json.dumps(row) + "\n")
+    f.flush()
+    return row
+
+
+def train(cfg):
+    out_dir = os.path.join(cfg.output_dir, cfg.name)
+    os.makedirs(out_dir, exist_ok=True)
+    save_config(cfg, os.path.join(out_dir, "config.py"))
+    model, state, guidance = build(cfg, jax.random.PRNGKey(cfg.seed))
+    print(f"[interfusion] {guidance.description}", file=sys.stderr)
+    if cfg.train.resume:
+        state = _resume(state, cfg)
+    step_fn = make_train_step(model, guidance, cfg)
+    center_fn = jax.jit(lambda params, prev: object_center(
+        model.density_fn(params), prev, cfg.field.radius, cfg.train.object_center_resolution,
+        cfg.train.object_center_density_scale))
+
+    val_render = make_eval_renderer(model, 2 * cfg.render.width, cfg.material.ambient_only_steps)
+
+    first = int(state.step)
+    with open(os.path.join(out_dir, "metrics.jsonl"), "a") as log, \
+            tqdm(range(first, cfg.train.max_steps), initial=first, total=cfg.train.max_steps,
+                 desc=cfg.name) as bar:
+        for step in bar:
+            if step > 0 and step % cfg.train.object_center_every == 0:
+                state = state.replace(center=center_fn(state.params["object"], state.center))
+            state, metrics, _ = step_fn(state, guidance.params)
+            if step % 10 == 0 or step == cfg.train.max_steps - 1:
+                row = _log(log, step, metrics)
+                bar.set_postfix(loss=f"{row['loss']:.4g}")
+                if row["overflow"]:
+                    bar.write(f"step {step}: a sample buffer overflowed; raise render.max_samples")
+            if (step + 1) % cfg.train.val_every == 0:
+                save_validation(val_render, state, cfg, os.path.join(out_dir, "val"))
+    if int(state.step) > first:
+        _save(state, out_dir)
+    test_render = make_eval_renderer(model, cfg.test.resolution, cfg.material.ambient_only_steps)
+    videos = save_test(test_render, state, cfg, os.path.join(out_dir, "test"))
+    meshes = export_meshes(state, model, cfg, os.path.join(out_dir, "mesh"))
+    print(f"[interfusion] wrote {out_dir}: {', '.join(os.path.relpath(p, out_dir) for p in videos + meshes)}",
+          file=sys.stderr)
+    return out_dir
+
+
+@exit_on_config_error
+def main(argv):
+    cfg, _ = parse_config(argv)
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Milliseconds per training step of the interaction stage at the release's sizes.
+
+One jitted step = a random camera, four renders (object, human, interaction, head; 64x64 rays,
+2^19-entry x 16-level hash grids), one batch-8 IF UNet call for the four SDS terms, the losses and
+the Adam update. The UNet is the 4.43 B-parameter stand-in of SPEC 3 (IF-I-XL's layout, random
+weights, labelled as such) in bfloat16; the prompt embeddings are random. Prints one table.
+
+    GPU:        python scripts/bench_train_step.py
+    CPU check:  python scripts/bench_train_step.py --small
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from guidance import IFUNet  # noqa: E402
+from interfusion_jax.config import load_config  # noqa: E402
+from interfusion_jax.guidance_setup import DEMO_UNET, MAX_LENGTH, Guidance  # noqa: E402
+from interfusion_jax.train import build  # noqa: E402
+from interfusion_jax.train_step import make_train_step  # noqa: E402
+from scripts.bench_guidance import STAND_IN  # noqa: E402
+
+
+def stand_in_guidance(unet_config, dtype, key):
+    module = IFUNet.from_config(unet_config, dtype=dtype, source="stand-in")
+    dim = unet_config["encoder_hid_dim"]
+    dummy = (jnp.zeros((1, 64, 64, 3)), jnp.zeros((1,), jnp.int32), jnp.zeros((1, MAX_LENGTH, dim)))
+    params = jax.jit(lambda k: jax.tree_util.tree_map(
+        lambda p: p.astype(dtype), module.init(k, *dummy)["params"]))(key)
+    k_c, k_u = jax.random.split(key)
+    cond = jax.random.normal(k_c, (4, 4, MAX_LENGTH, dim), jnp.float32)
+    uncond = jax.random.normal(k_u, (MAX_LENGTH, dim), jnp.float32)
+    n = sum(p.size for p in jax.tree_util.tree_leaves(params))
+    return Guidance(module, params, cond, uncond, f"stand-in {n / 1e9:.2f} B"), n
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--small", action="store_true", help="demo sizes and a tiny UNet (CPU check)")
+    ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--at_step", type=int, default=3000,
+                    help="training step the timed steps run at (after the ambient-only phase)")
+    args = ap.parse_args()
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    scene = "demo" if args.small else "sitting_on_a_chair"
+    cfg = load_config(os.path.join(root, "configs", f"{scene}.py"), ["output_dir=/tmp/bench"])
+    key = jax.random.PRNGKey(0)
+    t0 = time.perf_counter()
+    model, state, _ = build(cfg, key)
+    t_build = time.perf_counter() - t0
+    unet_cfg = DEMO_UNET if args.small else STAND_IN
+    guidance, n_params = stand_in_guidance(unet_cfg, jnp.float32 if args.small else jnp.bfloat16, key)
+    step_fn = make_train_step(model, guidance, cfg)
+
+    state = state.replace(step=jnp.asarray(args.at_step, jnp.int32))
+    t0 = time.perf_counter()
+    state, metrics, _ = step_fn(state, guidance.params)
+    jax.block_until_ready(state)
+    t_first = time.perf_counter() - t0
+    for _ in range(3):
+        state, metrics, _ = step_fn(state, guidance.params)
+    jax.block_until_ready(state)
+    times = []
+    for _ in range(args.iters):
+        t0 = time.perf_counter()
+        state, metrics, _ = step_fn(state, guidance.params)
+        jax.block_until_ready(state)
+        times.append(1e3 * (time.perf_counter() - t0))
+    samples = [int(s) for s in jax.device_get(metrics["samples"])]
+    rows = [
+        ("device", str(jax.devices()[0].device_kind)),
+        ("scene config", scene),
+        ("UNet", f"{'tiny demo' if args.small else 'IF-I-XL layout stand-in'}, "
+                 f"{n_params / 1e9:.3f} B params, random weights"),
+        ("rays per render", f"{cfg.render.width}x{cfg.render.height}"),
+        ("kept samples (obj, human, inter., head)", ", ".join(map(str, samples))),
+        ("build (body, prior, fields) [s]", f"{t_build:.1f}"),
+        ("first step (compile + run) [s]", f"{t_first:.1f}"),
+        ("step median [ms]", f"{statistics.median(times):.1f}"),
+        ("step min / max [ms]", f"{min(times):.1f} / {max(times):.1f}"),
+        ("steps per second", f"{1e3 / statistics.median(times):.2f}"),
+        ("10 000 steps [min]", f"{10000 * statistics.median(times) / 6e4:.1f}"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"| {'quantity'.ljust(width)} | value |\n|{'-' * (width + 2)}|-------|")
+    for name, value in rows:
+        print(f"| {name.ljust(width)} | {value} |")
+
+
+if __name__ == "__main__":
+    main()
