@@ -70,14 +70,16 @@ def get_config():
         dict(ambient_only_steps=2001, soft_shading=True, albedo_prob=0.25, textureless_prob=0.5)
     )
 
-    # Occupancy-grid ray marching (SPEC 2.3). max_samples is the fixed sample buffer per render.
+    # Occupancy-grid ray marching (SPEC 2.3). max_samples is the fixed sample buffer per render
+    # (16 per ray on average; the networks run on every slot, so it sets the cost); candidates get
+    # four times that. A full buffer is reported in the log: raise it then.
     c.render = ml_collections.ConfigDict(
         dict(
             width=64,
             height=64,
             num_steps_per_diagonal=512,
             alpha_threshold=0.01,
-            max_samples=2**18,
+            max_samples=2**16,
             grid_resolution=32,
             grid_update_every=16,
             grid_warmup_steps=256,

@@ -77,7 +77,7 @@ def make_optimizer(optim):
 def make_scene_model(cfg, head, prior):
     march = MarchConfig(radius=cfg.field.radius,
                         num_steps_per_diagonal=cfg.render.num_steps_per_diagonal,
-                        max_samples=cfg.render.max_samples, max_candidates=2 * cfg.render.max_samples,
+                        max_samples=cfg.render.max_samples, max_candidates=4 * cfg.render.max_samples,
                         alpha_threshold=cfg.render.alpha_threshold)
     return SceneModel(field_from_config(cfg.field), Background(hidden=cfg.field.background_hidden),
                       march, make_optimizer(cfg.optim), jnp.asarray(head, jnp.float32), prior)

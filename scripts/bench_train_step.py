@@ -16,6 +16,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -31,8 +32,19 @@ def stand_in_guidance(unet_config, dtype, key):
     module = IFUNet.from_config(unet_config, dtype=dtype, source="stand-in")
     dim = unet_config["encoder_hid_dim"]
     dummy = (jnp.zeros((1, 64, 64, 3)), jnp.zeros((1,), jnp.int32), jnp.zeros((1, MAX_LENGTH, dim)))
-    params = jax.jit(lambda k: jax.tree_util.tree_map(
-        lambda p: p.astype(dtype), module.init(k, *dummy)["params"]))(key)
+    shapes = jax.eval_shape(module.init, key, *dummy)["params"]
+    paths, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+
+    # Drawing each weight on the device: a jitted init of the whole 4.4 B network compiles for
+    # minutes. Scale 1/sqrt(fan-in) keeps activations finite; norm scales start at 1, biases at 0.
+    def leaf(i, path, shape):
+        if len(shape) >= 2:
+            w = jax.random.normal(jax.random.fold_in(key, i), shape, jnp.float32)
+            return (w / np.sqrt(np.prod(shape[:-1]))).astype(dtype)
+        return (jnp.ones if path[-1].key == "scale" else jnp.zeros)(shape, dtype)
+
+    params = jax.tree_util.tree_unflatten(
+        treedef, [leaf(i, path, x.shape) for i, (path, x) in enumerate(paths)])
     k_c, k_u = jax.random.split(key)
     cond = jax.random.normal(k_c, (4, 4, MAX_LENGTH, dim), jnp.float32)
     uncond = jax.random.normal(k_u, (MAX_LENGTH, dim), jnp.float32)
@@ -46,17 +58,20 @@ def main():
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--at_step", type=int, default=3000,
                     help="training step the timed steps run at (after the ambient-only phase)")
+    ap.add_argument("overrides", nargs="*", help="config overrides, e.g. render.max_samples=65536")
     args = ap.parse_args()
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     scene = "demo" if args.small else "sitting_on_a_chair"
-    cfg = load_config(os.path.join(root, "configs", f"{scene}.py"), ["output_dir=/tmp/bench"])
+    cfg = load_config(os.path.join(root, "configs", f"{scene}.py"), ["output_dir=/tmp/bench"] + args.overrides)
     key = jax.random.PRNGKey(0)
     t0 = time.perf_counter()
     model, state, _ = build(cfg, key)
     t_build = time.perf_counter() - t0
     unet_cfg = DEMO_UNET if args.small else STAND_IN
     guidance, n_params = stand_in_guidance(unet_cfg, jnp.float32 if args.small else jnp.bfloat16, key)
+    print(f"built in {t_build:.1f} s; UNet weights ready after {time.perf_counter() - t0:.1f} s",
+          file=sys.stderr, flush=True)
     step_fn = make_train_step(model, guidance, cfg)
 
     state = state.replace(step=jnp.asarray(args.at_step, jnp.int32))
@@ -78,9 +93,11 @@ def main():
         ("device", str(jax.devices()[0].device_kind)),
         ("scene config", scene),
         ("UNet", f"{'tiny demo' if args.small else 'IF-I-XL layout stand-in'}, "
-                 f"{n_params / 1e9:.3f} B params, random weights"),
+                 f"{n_params / 1e6:.1f} M params, random weights"),
         ("rays per render", f"{cfg.render.width}x{cfg.render.height}"),
+        ("sample buffer (render.max_samples)", str(cfg.render.max_samples)),
         ("kept samples (obj, human, inter., head)", ", ".join(map(str, samples))),
+        ("a sample buffer overflowed", str(bool(metrics["overflow"]))),
         ("build (body, prior, fields) [s]", f"{t_build:.1f}"),
         ("first step (compile + run) [s]", f"{t_first:.1f}"),
         ("step median [ms]", f"{statistics.median(times):.1f}"),
