@@ -220,20 +220,24 @@ class UNetApply:
         return self.module.apply({"params": params}, *args)
 
 
-def generate_images(if_stage1_dir: str, if_stage2_dir: str, prompts: list[str], num_images_per_prompt: int = 1,
-                    seed: int = 0, cache_dir: str = os.path.expanduser("~/.cache/interfusion_jax/prompt_embeddings"),
-                    dtype=jnp.bfloat16, batch_size: int = 8, stage1_steps: int = 100, stage2_steps: int = 50,
-                    stage1_guidance: float = 7.0, stage2_guidance: float = 4.0, noise_level: int = 250,
-                    progress: bool = True) -> np.ndarray:
-    """uint8 images [len(prompts)·num_images_per_prompt, S, S, 3] (prompt-major; S = stage II's sample_size,
-    256 for IF-II-L) from the IF cascade. Prompt i's images are drawn in batches of at most batch_size, batch
-    b seeded by (seed, i, b): a prompt's images do not depend on the other prompts. T5 embeddings come from
-    stage I's repository (text_encoder/, tokenizer/) through the prompt cache (the encoder is freed before
-    the UNets load); schedulers from each repository's scheduler/ (and stage II's image_noising_scheduler/)
-    config, IF-I-XL's values where absent."""
+def iter_images(if_stage1_dir: str, if_stage2_dir: str, prompts: list[str], num_images_per_prompt: int = 1,
+                seed: int = 0, prompt_seeds: list[int] | None = None,
+                cache_dir: str = os.path.expanduser("~/.cache/interfusion_jax/prompt_embeddings"),
+                dtype=jnp.bfloat16, batch_size: int = 8, stage1_steps: int = 100, stage2_steps: int = 50,
+                stage1_guidance: float = 7.0, stage2_guidance: float = 4.0, noise_level: int = 250,
+                progress: bool = True):
+    """Yields, prompt by prompt, uint8 images [num_images_per_prompt, S, S, 3] (S = stage II's sample_size,
+    256 for IF-II-L) from the IF cascade; the models load once for all prompts. Prompt i's images are drawn in
+    batches of at most batch_size, batch b seeded by (prompt_seeds[i], b), or by (seed, i, b) without
+    prompt_seeds: a prompt's images do not depend on the other prompts. T5 embeddings come from stage I's
+    repository (text_encoder/, tokenizer/) through the prompt cache (the encoder is freed before the UNets
+    load); schedulers from each repository's scheduler/ (and stage II's image_noising_scheduler/) config,
+    IF-I-XL's values where absent."""
     from guidance.prompt_cache import embed_prompts
     from guidance.unet_weights import load_if_unet, resolve_unet_dir
 
+    if prompt_seeds is not None and len(prompt_seeds) != len(prompts):
+        raise ValueError(f"iter_images: {len(prompt_seeds)} prompt_seeds for {len(prompts)} prompts.")
     distinct = list(dict.fromkeys(prompts)) + [""]
     by_text = dict(zip(distinct, embed_prompts(if_stage1_dir, distinct, cache_dir)))
     uncond = jnp.asarray(by_text[""])
@@ -250,15 +254,24 @@ def generate_images(if_stage1_dir: str, if_stage2_dir: str, prompts: list[str], 
     sched1 = SchedulerConfig.from_model_dir(if_stage1_dir)
     sched2 = SchedulerConfig.from_model_dir(if_stage2_dir)
     noising = SchedulerConfig.from_model_dir(if_stage2_dir, "image_noising_scheduler")
-    images = []
     for i, prompt in enumerate(tqdm(prompts, desc="IF prompts", disable=not progress or len(prompts) == 1)):
+        prompt_key = (jax.random.PRNGKey(prompt_seeds[i]) if prompt_seeds is not None
+                      else jax.random.fold_in(jax.random.PRNGKey(seed), i))
+        images = []
         for b, start in enumerate(range(0, num_images_per_prompt, batch_size)):
             count = min(batch_size, num_images_per_prompt - start)
             cond = jnp.broadcast_to(jnp.asarray(by_text[prompt]), (count, *uncond.shape))
-            key1, key2 = jax.random.split(jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), i), b))
+            key1, key2 = jax.random.split(jax.random.fold_in(prompt_key, b))
             low = sample_stage1(UNetApply(unet1), params1, key1, cond, uncond, stage1_steps, stage1_guidance, sched1,
                                 sizes[0], progress)
             high = sample_stage2(UNetApply(unet2), params2, key2, low, cond, uncond, stage2_steps, stage2_guidance,
                                  noise_level, sched2, noising, sizes[1], progress)
             images.append(np.asarray(jnp.round(high * 255)).astype(np.uint8))
-    return np.concatenate(images)
+        yield np.concatenate(images)
+
+
+def generate_images(if_stage1_dir: str, if_stage2_dir: str, prompts: list[str], num_images_per_prompt: int = 1,
+                    **kwargs) -> np.ndarray:
+    """uint8 images [len(prompts)·num_images_per_prompt, S, S, 3], prompt-major; arguments as iter_images."""
+    return np.concatenate(list(iter_images(if_stage1_dir, if_stage2_dir, prompts, num_images_per_prompt,
+                                           **kwargs)))

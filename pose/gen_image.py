@@ -52,21 +52,26 @@ def main(argv=None):
         raise cb.PoseStageError(f"--num_images_per_text {a.num_images_per_text}: must be at least 1")
     phrases = read_phrases(a.prompts)
     n = a.num_images_per_text
+    todo = []
+    for j, phrase in enumerate(phrases):
+        paths = [os.path.join(a.out, image_name(phrase, i)) for i in range(n)]
+        missing = [i for i, p in enumerate(paths) if not os.path.isfile(p)]
+        if missing:  # the whole phrase is regenerated with its seed, so the images are the same
+            todo.append((j, phrase, paths, missing))
     written = 0
-    with tqdm(total=len(phrases) * n, desc="images", unit="img") as bar:
-        for j, phrase in enumerate(phrases):
-            paths = [os.path.join(a.out, image_name(phrase, i)) for i in range(n)]
-            missing = [i for i, p in enumerate(paths) if not os.path.isfile(p)]
-            if missing:  # the whole phrase is regenerated with its seed, so the images are the same
-                images = np.asarray(sampling.generate_images(
-                    a.if_stage1, a.if_stage2, [PROMPT_TEMPLATE.format(phrase)], num_images_per_prompt=n,
-                    seed=a.seed + j, progress=False))
+    with tqdm(total=len(phrases) * n, initial=(len(phrases) - len(todo)) * n, desc="images",
+              unit="img") as bar:
+        if todo:
+            generated = sampling.iter_images(
+                a.if_stage1, a.if_stage2, [PROMPT_TEMPLATE.format(t[1]) for t in todo],
+                num_images_per_prompt=n, prompt_seeds=[a.seed + t[0] for t in todo], progress=False)
+            for (_, _, paths, missing), images in zip(todo, generated):
                 if images.shape[0] != n:
-                    raise RuntimeError(f"generate_images returned {images.shape[0]} images for {n} requested")
+                    raise RuntimeError(f"iter_images returned {images.shape[0]} images for {n} requested")
                 for i in missing:
                     cb.save_png(paths[i], images[i])
                 written += len(missing)
-            bar.update(n)
+                bar.update(n)
     print(f"{len(phrases)} phrases, {written} images written, {len(phrases) * n - written} already there; in {a.out}")
 
 

@@ -189,18 +189,19 @@ def test_vposer_codebook(pose_set, tmp_path):
 def test_gen_image_template_dedup_skip_and_names(tmp_path, monkeypatch):
     calls = []
 
-    def fake(stage1, stage2, prompts, num_images_per_prompt, seed, **kw):
-        calls.append((prompts, num_images_per_prompt, seed))
-        return np.full((num_images_per_prompt, 8, 8, 3), seed, np.uint8)
+    def fake(stage1, stage2, prompts, num_images_per_prompt, prompt_seeds, **kw):
+        calls.append((prompts, num_images_per_prompt, prompt_seeds))
+        for seed in prompt_seeds:
+            yield np.full((num_images_per_prompt, 8, 8, 3), seed, np.uint8)
 
-    monkeypatch.setattr(sampling, "generate_images", fake)
+    monkeypatch.setattr(sampling, "iter_images", fake)
     prompts = tmp_path / "p.txt"
     prompts.write_text("riding a bike\n\n  playing a drum \nriding a bike\n")
     out = tmp_path / "img"
     argv = ["--prompts", str(prompts), "--out", str(out), "--num_images_per_text", "2", "--seed", "5"]
     gen_image.main(argv)
-    assert calls == [(["a photo of a person riding a bike, full body"], 2, 5),
-                     (["a photo of a person playing a drum, full body"], 2, 6)]
+    assert calls == [(["a photo of a person riding a bike, full body",
+                       "a photo of a person playing a drum, full body"], 2, [5, 6])]
     names = sorted(os.listdir(out))
     assert names == ["playing_a_drum_0.png", "playing_a_drum_1.png", "riding_a_bike_0.png", "riding_a_bike_1.png"]
     assert np.asarray(Image.open(out / "playing_a_drum_1.png")).max() == 6
@@ -209,7 +210,7 @@ def test_gen_image_template_dedup_skip_and_names(tmp_path, monkeypatch):
     assert calls == []
     os.remove(out / "playing_a_drum_0.png")
     gen_image.main(argv)
-    assert calls == [(["a photo of a person playing a drum, full body"], 2, 6)]
+    assert calls == [(["a photo of a person playing a drum, full body"], 2, [6])]
     assert os.path.isfile(out / "playing_a_drum_0.png")
 
 
