@@ -3,6 +3,7 @@
 Scene frame: z up (threestudio). Body frame: SMPL-X, y up. Points go scene -> body by
 (x, y, z)_body = (y, z, x)_scene and body -> scene by (x, y, z)_scene = (z, x, y)_body.
 """
+
 from typing import NamedTuple
 
 import numpy as np
@@ -13,43 +14,45 @@ _AUG_ROT_ORIENT = (-np.pi / 6, 0.0, 0.0)
 
 
 def body_to_scene(points):
-  """[..., 3] body frame -> scene frame."""
-  return points[..., [2, 0, 1]]
+    """[..., 3] body frame -> scene frame."""
+    return points[..., [2, 0, 1]]
 
 
 def scene_to_body(points):
-  """[..., 3] scene frame -> body frame."""
-  return points[..., [1, 2, 0]]
+    """[..., 3] scene frame -> body frame."""
+    return points[..., [1, 2, 0]]
 
 
 class GuideBody(NamedTuple):
-  vertices: np.ndarray  # [V, 3] scene frame
-  faces: np.ndarray  # [F, 3]
-  head: np.ndarray  # [3] scene frame (joint 15 of the posed body)
+    vertices: np.ndarray  # [V, 3] scene frame
+    faces: np.ndarray  # [F, 3]
+    head: np.ndarray  # [3] scene frame (joint 15 of the posed body)
 
 
 def guide_body(body, body_pose, mode="default"):
-  """Pose `body` (BodyModel interface: forward(body_pose, global_orient, transl) -> (vertices,
-  joints), faces) with the 63-d axis-angle `body_pose` and place it in the scene frame:
+    """Pose `body` (BodyModel interface: forward(body_pose, global_orient, transl) -> (vertices,
+    joints), faces) with the 63-d axis-angle `body_pose` and place it in the scene frame:
 
-  default: global_orient 0, translation -(mean vertex of the posed body);
-  aug_rot: global_orient (-pi/6, 0, 0), translation -(mean vertex of that posed body);
-  aug_trans: global_orient 0, translation -(pelvis joint of the rest pose).
-  """
-  if mode not in MODES:
-    raise ValueError(f"guide_body: unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-  body_pose = np.asarray(body_pose, np.float32).reshape(-1)
-  if body_pose.shape != (63,):
-    raise ValueError(f"guide_body: body_pose must hold 63 numbers, got {body_pose.shape[0]}")
-  orient = np.asarray(_AUG_ROT_ORIENT if mode == "aug_rot" else (0.0, 0.0, 0.0), np.float32)
-  zero = np.zeros(3, np.float32)
-  if mode == "aug_trans":
-    _, rest_joints = body.forward(np.zeros(63, np.float32), global_orient=zero, transl=zero)
-    transl = -np.asarray(rest_joints, np.float32)[0]
-  else:
-    vertices, _ = body.forward(body_pose, global_orient=orient, transl=zero)
-    transl = -np.asarray(vertices, np.float64).mean(axis=0).astype(np.float32)
-  vertices, joints = body.forward(body_pose, global_orient=orient, transl=transl)
-  return GuideBody(vertices=body_to_scene(np.asarray(vertices, np.float32)),
-                   faces=np.asarray(body.faces, np.int64),
-                   head=body_to_scene(np.asarray(joints, np.float32)[HEAD_JOINT]))
+    default: global_orient 0, translation -(mean vertex of the posed body);
+    aug_rot: global_orient (-pi/6, 0, 0), translation -(mean vertex of that posed body);
+    aug_trans: global_orient 0, translation -(pelvis joint of the rest pose).
+    """
+    if mode not in MODES:
+        raise ValueError(f"guide_body: unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+    body_pose = np.asarray(body_pose, np.float32).reshape(-1)
+    if body_pose.shape != (63,):
+        raise ValueError(f"guide_body: body_pose must hold 63 numbers, got {body_pose.shape[0]}")
+    orient = np.asarray(_AUG_ROT_ORIENT if mode == "aug_rot" else (0.0, 0.0, 0.0), np.float32)
+    zero = np.zeros(3, np.float32)
+    if mode == "aug_trans":
+        _, rest_joints = body.forward(np.zeros(63, np.float32), global_orient=zero, transl=zero)
+        transl = -np.asarray(rest_joints, np.float32)[0]
+    else:
+        vertices, _ = body.forward(body_pose, global_orient=orient, transl=zero)
+        transl = -np.asarray(vertices, np.float64).mean(axis=0).astype(np.float32)
+    vertices, joints = body.forward(body_pose, global_orient=orient, transl=transl)
+    return GuideBody(
+        vertices=body_to_scene(np.asarray(vertices, np.float32)),
+        faces=np.asarray(body.faces, np.int64),
+        head=body_to_scene(np.asarray(joints, np.float32)[HEAD_JOINT]),
+    )
