@@ -9,7 +9,9 @@ File names follow diffusers/transformers: `{prefix}.safetensors`, `{prefix}.{var
 import json
 import os
 
+import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 from safetensors import safe_open
 
 
@@ -71,3 +73,28 @@ def load_safetensors_dir(directory: str, prefix: str, variant: str | None = None
         raise FileNotFoundError(f"No safetensors checkpoint in {directory}: expected one of {expected}; "
                                 f"found {present}.")
     return load_safetensors(path)
+
+
+def assemble_params(tensors: dict, by_path: dict, unused: list, expected: dict, to_flax_layout, dtype,
+                    source: str, model: str) -> dict:
+    """A Flax param tree shaped like `expected` from checkpoint `tensors`.
+
+    by_path: Flax path (tuple) -> checkpoint key; unused: checkpoint keys the model does not take;
+    to_flax_layout(array, path) -> array in Flax layout. Raises naming the unused tensors, the missing
+    parameters (both at once) or a shape mismatch; `source` names the file and `model` the network.
+    """
+    expected_flat = traverse_util.flatten_dict(expected)
+    missing = sorted("/".join(p) for p in expected_flat.keys() - by_path.keys())
+    if unused or missing:
+        raise ValueError(f"{source}: checkpoint tensors do not match the {model} built from config.json.\n"
+                         f"  tensors in the file that the model does not use ({len(unused)}): {sorted(unused)}\n"
+                         f"  model parameters absent from the file ({len(missing)}): {missing}")
+    flat = {}
+    for path, shape in expected_flat.items():
+        array = to_flax_layout(tensors[by_path[path]], path)
+        if tuple(array.shape) != tuple(shape.shape):
+            raise ValueError(f"{source}: tensor {by_path[path]!r} has shape {tensors[by_path[path]].shape}; "
+                             f"the config implies {tuple(shape.shape)} (Flax layout) for {'/'.join(path)}.")
+        # Transpose and cast on the device: host-side bfloat16 casts of billions of values are slow.
+        flat[path] = jnp.asarray(np.ascontiguousarray(array)).astype(dtype)
+    return traverse_util.unflatten_dict(flat)

@@ -25,7 +25,7 @@ import numpy as np
 from flax import traverse_util
 from tqdm import tqdm
 
-from guidance.safetensors_io import find_checkpoint, load_safetensors
+from guidance.safetensors_io import assemble_params, find_checkpoint, load_safetensors
 
 MAX_LENGTH = 77
 WEIGHTS_PREFIX = "model"
@@ -176,20 +176,9 @@ def convert_t5_state_dict(tensors: dict, expected: dict, dtype, source: str) -> 
             unused.append(key)
         elif path not in by_path or key == "shared.weight":
             by_path[path] = key
-    missing = sorted("/".join(p) for p in expected_flat.keys() - by_path.keys())
-    if unused or missing:
-        raise ValueError(f"{source}: checkpoint tensors do not match the T5 encoder built from config.json.\n"
-                         f"  tensors the encoder does not use ({len(unused)}): {unused}\n"
-                         f"  encoder parameters absent from the file ({len(missing)}): {missing}")
-    flat = {}
-    for path, shape in expected_flat.items():
-        array = tensors[by_path[path]]
-        array = array.T if path[-1] == "kernel" else array  # Linear [out, in] -> Dense [in, out]
-        if tuple(array.shape) != tuple(shape.shape):
-            raise ValueError(f"{source}: tensor {by_path[path]!r} has shape {tensors[by_path[path]].shape}; the "
-                             f"config implies {tuple(shape.shape)} (Flax layout) for {'/'.join(path)}.")
-        flat[path] = jnp.asarray(np.ascontiguousarray(array)).astype(dtype)
-    return traverse_util.unflatten_dict(flat)
+    # Linear [out, in] -> Dense [in, out].
+    layout = lambda array, path: array.T if path[-1] == "kernel" else array  # noqa: E731
+    return assemble_params(tensors, by_path, unused, expected, layout, dtype, source, "T5 encoder")
 
 
 def preprocess(text: str, lowercase: bool = True) -> str:

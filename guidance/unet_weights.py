@@ -14,7 +14,7 @@ import numpy as np
 from flax import traverse_util
 
 from guidance.if_unet import IFUNet
-from guidance.safetensors_io import candidate_files, find_checkpoint, load_safetensors
+from guidance.safetensors_io import assemble_params, candidate_files, find_checkpoint, load_safetensors
 
 WEIGHTS_PREFIX = "diffusion_pytorch_model"
 _HOW_TO_GET = (
@@ -64,21 +64,8 @@ def convert_state_dict(tensors: dict, expected: dict, dtype=jnp.float32, source:
     .shape, e.g. from jax.eval_shape). Raises naming unused tensors, missing parameters, shape mismatches."""
     expected_flat = traverse_util.flatten_dict(expected)
     by_path = {torch_key_to_flax_path(k, v.ndim): k for k, v in tensors.items()}
-    unused = sorted(by_path[p] for p in by_path.keys() - expected_flat.keys())
-    missing = sorted("/".join(p) for p in expected_flat.keys() - by_path.keys())
-    if unused or missing:
-        raise ValueError(f"{source}: checkpoint tensors do not match the UNet built from config.json.\n"
-                         f"  tensors in the file that the model does not use ({len(unused)}): {unused}\n"
-                         f"  model parameters absent from the file ({len(missing)}): {missing}")
-    flat = {}
-    for path, shape in expected_flat.items():
-        array = _to_flax_layout(tensors[by_path[path]], path)
-        if tuple(array.shape) != tuple(shape.shape):
-            raise ValueError(f"{source}: tensor {by_path[path]!r} has shape {tensors[by_path[path]].shape}; "
-                             f"the config implies {tuple(shape.shape)} (Flax layout) for {'/'.join(path)}.")
-        # Transpose and cast on the device: host-side bfloat16 casts of billions of values are slow.
-        flat[path] = jnp.asarray(np.ascontiguousarray(array)).astype(dtype)
-    return traverse_util.unflatten_dict(flat)
+    unused = [by_path[p] for p in by_path.keys() - expected_flat.keys()]
+    return assemble_params(tensors, by_path, unused, expected, _to_flax_layout, dtype, source, "UNet")
 
 
 def param_shapes(module: IFUNet) -> dict:

@@ -11,7 +11,6 @@ import re
 import sys
 import tempfile
 
-import ml_collections
 from absl import flags
 from ml_collections import config_flags
 

@@ -7,7 +7,6 @@ written are skipped, so an interrupted job resumes where it stopped.
 import argparse
 import os
 
-import numpy as np
 from tqdm import tqdm
 
 from pose import codebook as cb

@@ -6,7 +6,7 @@ import scipy.special
 
 from nerf.background import Background, sh_encoding
 from nerf.field import ImplicitVolume, field_outputs, make_density_fn, make_radiance_fn
-from nerf.material import ALBEDO, DIFFUSE, TEXTURELESS, make_shading, sample_shading, shade
+from nerf.material import ALBEDO, TEXTURELESS, make_shading, sample_shading, shade
 
 SMALL = dict(n_levels=4, log2_hashmap_size=12, base_resolution=8, per_level_scale=1.5,
              mlp_hidden=16)

@@ -4,7 +4,6 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from nerf.hash_grid import HashGridEncoding, encode
 
