@@ -9,10 +9,11 @@ import os
 import pprint
 import re
 import sys
-import tempfile
 
 from absl import flags
 from ml_collections import config_flags
+
+from pose.atomic_io import save_text
 
 
 class ConfigError(ValueError):
@@ -78,12 +79,7 @@ def config_source(config):
 
 def save_config(config, path):
     """Write `config` as a re-runnable Python file, atomically."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(config_source(config))
-    os.replace(tmp, path)
+    save_text(path, config_source(config))
 
 
 def exit_on_config_error(fn):

@@ -18,6 +18,7 @@ from nerf.cameras import circle_cameras, generate_rays
 from nerf.material import eval_shading
 from nerf.mesh import export_mesh, extract_mesh
 from nerf.render import render_composite, render_field
+from pose.atomic_io import atomic_write
 
 EVAL_VIEWS = ("object", "human", "interaction")
 RAY_CHUNK = 1024
@@ -69,20 +70,13 @@ def render_circle(render, state, cfg, n_views, desc):
     return np.stack(frames)
 
 
-def _atomic(path, write):
-    root, ext = os.path.splitext(path)
-    tmp = f"{root}.tmp{ext}"
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_validation(render, state, cfg, out_dir):
     """One PNG per step: rows are views, columns object | human | interaction."""
     frames = render_circle(render, state, cfg, cfg.train.val_views, "validate")
     sheet = np.concatenate([np.concatenate(list(f), axis=1) for f in frames], axis=0)
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"it{int(state.step):06d}.png")
-    _atomic(path, lambda p: imageio.imwrite(p, sheet))
+    atomic_write(path, lambda p: imageio.imwrite(p, sheet), ".png")
     return path
 
 
@@ -93,8 +87,8 @@ def save_test(render, state, cfg, out_dir):
     paths = []
     for v, name in enumerate(EVAL_VIEWS):
         path = os.path.join(out_dir, f"{name}.mp4")
-        _atomic(path, lambda p: imageio.mimwrite(p, list(frames[:, v]), fps=cfg.test.fps,
-                                                 macro_block_size=1))
+        atomic_write(path, lambda p: imageio.mimwrite(p, list(frames[:, v]), fps=cfg.test.fps,
+                                                      macro_block_size=1), ".mp4")
         paths.append(path)
     return paths
 

@@ -91,7 +91,7 @@ def train(cfg):
         for step in bar:
             if step > 0 and step % cfg.train.object_center_every == 0:
                 state = state.replace(center=center_fn(state.params["object"], state.center))
-            state, metrics, _ = step_fn(state, guidance.params)
+            state, metrics, _ = step_fn(state)
             if step % 10 == 0 or step == cfg.train.max_steps - 1:
                 row = _log(log, step, metrics)
                 bar.set_postfix(loss=f"{row['loss']:.4g}")

@@ -116,7 +116,7 @@ def _field_regularisers(render, lambda_orient, loss_cfg):
     )
 
 
-def scene_losses(params, state, model, guidance_params, guidance, cfg, keys):
+def scene_losses(params, state, model, guidance, cfg, keys):
     """Total loss and metrics of one step for `params` (everything else fixed)."""
     step = state.step
     cam = random_camera(keys["camera"], **{k: cfg.camera[k] for k in (
@@ -147,7 +147,7 @@ def scene_losses(params, state, model, guidance_params, guidance, cfg, keys):
 
     images = jnp.stack([r["comp_rgb"].reshape(h, w, 3) for r in renders])
     cond = guidance.cond[jnp.arange(4), view_index(cam.elevation, cam.azimuth)]
-    unet_fn = lambda x, t, e: guidance.module.apply({"params": guidance_params}, x, t, e)  # noqa: E731
+    unet_fn = lambda x, t, e: guidance.module.apply({"params": guidance.params}, x, t, e)  # noqa: E731
     sds_cfg = SDSConfig(guidance_scale=cfg.guidance.guidance_scale,
                         min_step=int(round(cfg.guidance.min_step_percent * 1000)),
                         max_step=int(round(cfg.guidance.max_step_percent * 1000)),
@@ -194,14 +194,16 @@ def _update_grids(state, model, params, key, cfg):
     return grids
 
 
-def train_step(state, guidance_params, model, guidance, cfg):
-    """(state, IF UNet params) -> (state, metrics, images [4,H,W,3]). Jit with model, guidance's
-    static parts and cfg bound (see `make_train_step`)."""
+def train_step(state, arrays, model, guidance, cfg):
+    """(state, arrays) -> (state, metrics, images [4,H,W,3]), with model, guidance's module and cfg
+    bound (see `make_train_step`). arrays: the UNet params, prompt embeddings and body prior, passed
+    as arguments so that they are not baked into the executable as constants."""
+    model = model._replace(prior=arrays["prior"])
+    guidance = guidance._replace(params=arrays["unet"], cond=arrays["cond"], uncond=arrays["uncond"])
     key, *ks = jax.random.split(state.key, 7)
     keys = dict(zip(("camera", "shading", "render", "sds", "shape", "grid"), ks))
     grad_fn = jax.value_and_grad(scene_losses, has_aux=True)
-    (_, (metrics, images)), grads = grad_fn(state.params, state, model, guidance_params, guidance,
-                                            cfg, keys)
+    (_, (metrics, images)), grads = grad_fn(state.params, state, model, guidance, cfg, keys)
     updates, opt_state = model.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grids = jax.lax.cond(state.step % cfg.render.grid_update_every == 0,
@@ -213,7 +215,10 @@ def train_step(state, guidance_params, model, guidance, cfg):
 
 
 def make_train_step(model, guidance, cfg):
-    """A jitted (state, guidance_params) -> (state, metrics, images); the state's buffers are donated."""
-    static_guidance = guidance._replace(params=None)
-    return jax.jit(functools.partial(train_step, model=model, guidance=static_guidance, cfg=cfg),
-                   donate_argnums=(0,))
+    """state -> (state, metrics, images), one jitted call; the state's buffers are donated."""
+    arrays = dict(unet=guidance.params, cond=guidance.cond, uncond=guidance.uncond, prior=model.prior)
+    jitted = jax.jit(functools.partial(
+        train_step, model=model._replace(prior=None),
+        guidance=guidance._replace(params=None, cond=None, uncond=None), cfg=cfg),
+        donate_argnums=(0,))
+    return lambda state: jitted(state, arrays)

@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from pose import codebook as cb
+from pose.atomic_io import atomic_savez
 
 
 def parse_args(argv=None):
@@ -87,7 +88,7 @@ def main(argv=None):
         done = np.zeros((0, clip.embed_dim), np.float32)
 
     def save_progress(feats):
-        cb.atomic_savez(work, poses=centres, features=feats, space=np.array(space),
+        atomic_savez(work, poses=centres, features=feats, space=np.array(space),
                         settings=np.array(json.dumps(settings)))
 
     feats = cb.pose_features(body, clip, centres, views, seed=a.seed, chunk=min(a.chunk, len(centres)),

@@ -10,6 +10,7 @@ import os
 from tqdm import tqdm
 
 from pose import codebook as cb
+from pose.atomic_io import save_png
 
 PROMPT_TEMPLATE = "a photo of a person {}, full body"
 DEFAULT_PROMPTS = os.path.join(os.path.dirname(__file__), "data", "interaction_phrases.txt")
@@ -68,7 +69,7 @@ def main(argv=None):
                 if images.shape[0] != n:
                     raise RuntimeError(f"iter_images returned {images.shape[0]} images for {n} requested")
                 for i in missing:
-                    cb.save_png(paths[i], images[i])
+                    save_png(paths[i], images[i])
                 written += len(missing)
                 bar.update(n)
     print(f"{len(phrases)} phrases, {written} images written, {len(phrases) * n - written} already there; in {a.out}")

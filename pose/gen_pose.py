@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from pose import codebook as cb
+from pose.atomic_io import save_npy, save_png, save_text
 
 
 def parse_args(argv=None):
@@ -48,13 +49,13 @@ def main(argv=None):
     images = np.asarray(cb.render_views(body, poses[idx], front, idx)[0][:, 0])
     labels = [f"#{i} row {j} | {s:.3f}" for i, (j, s) in enumerate(zip(idx, scores))]
     for i, j in enumerate(idx):
-        cb.save_npy(os.path.join(a.out, f"top_{i}.npy"), poses[j])
-        cb.save_png(os.path.join(a.out, f"top_{i}.png"), image_grid(images[i:i + 1], labels[i:i + 1], pad=0))
-    cb.save_png(os.path.join(a.out, "strip.png"), image_grid(images, labels, cols=len(images)))
+        save_npy(os.path.join(a.out, f"top_{i}.npy"), poses[j])
+        save_png(os.path.join(a.out, f"top_{i}.png"), image_grid(images[i:i + 1], labels[i:i + 1], pad=0))
+    save_png(os.path.join(a.out, "strip.png"), image_grid(images, labels, cols=len(images)))
     report = dict(text=a.text, query=query, codebook=os.path.abspath(a.codebook), clip=clip.path,
                   pre_topk=a.pre_topk, results=[dict(rank=i, file=f"top_{i}.npy", codebook_index=int(j),
                                                      score=float(s)) for i, (j, s) in enumerate(zip(idx, scores))])
-    cb.save_text(os.path.join(a.out, "scores.json"), json.dumps(report, indent=2))
+    save_text(os.path.join(a.out, "scores.json"), json.dumps(report, indent=2))
     stale = a.topk
     while os.path.exists(os.path.join(a.out, f"top_{stale}.npy")):  # from an earlier run with a larger topk
         for ext in ("npy", "png"):

@@ -12,6 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pose import codebook as cb
+from pose.atomic_io import atomic_savez
 
 
 def parse_args(argv=None):
@@ -63,7 +64,7 @@ def main(argv=None):
         print(f"skipped {reason}" if reason.startswith(path) else f"skipped {path}: {reason}")
     if not len(poses):
         raise cb.PoseStageError(f"--in {' '.join(a.inputs)}: no readable pose file ({len(skipped)} skipped)")
-    cb.atomic_savez(a.out, poses=poses, names=np.array(names))
+    atomic_savez(a.out, poses=poses, names=np.array(names))
     n_files = len(list_pose_files(a.inputs)) - len(skipped)
     print(f"read {n_files} files ({len(poses)} poses), skipped {len(skipped)}; wrote {a.out}")
 

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pose.atomic_io import atomic_savez
 from pose.rotations import matrix_to_axis_angle, rot6d_to_matrix
 
 _BN = ("encoder_net.1", "encoder_net.4")
@@ -153,9 +154,7 @@ def _torch_state_dict(ckpt):
 def convert_vposer_checkpoint(ckpt, out):
     """The published Lightning `.ckpt` -> `.npz` of VPoser tensors (PyTorch names). Needs torch."""
     sd = check_state_dict(_torch_state_dict(ckpt), ckpt)
-    tmp = f"{out}.tmp.npz"
-    np.savez(tmp, **sd)
-    os.replace(tmp, out)
+    atomic_savez(out, **sd)
     return out
 
 

@@ -76,16 +76,16 @@ def main():
 
     state = state.replace(step=jnp.asarray(args.at_step, jnp.int32))
     t0 = time.perf_counter()
-    state, metrics, _ = step_fn(state, guidance.params)
+    state, metrics, _ = step_fn(state)
     jax.block_until_ready(state)
     t_first = time.perf_counter() - t0
     for _ in range(3):
-        state, metrics, _ = step_fn(state, guidance.params)
+        state, metrics, _ = step_fn(state)
     jax.block_until_ready(state)
     times = []
     for _ in range(args.iters):
         t0 = time.perf_counter()
-        state, metrics, _ = step_fn(state, guidance.params)
+        state, metrics, _ = step_fn(state)
         jax.block_until_ready(state)
         times.append(1e3 * (time.perf_counter() - t0))
     samples = [int(s) for s in jax.device_get(metrics["samples"])]

@@ -7,13 +7,11 @@ One row per preset (front, front-left, left side, back, right side). The built-i
 'lying' is laid on its back with `pose.presets.LYING_GLOBAL_ORIENT`.
 """
 import argparse
-import os
-import tempfile
 
 import jax
 import numpy as np
-from PIL import Image
 
+from pose.atomic_io import save_png
 from pose.body_model import load_body
 from pose.body_render import orbit_cameras, render_mesh
 from pose.image_sheet import image_grid
@@ -47,12 +45,7 @@ def main():
     parser.add_argument("--size", type=int, default=256, help="pixels per view")
     args = parser.parse_args()
     sheet = render_sheet(load_body(args.body), size=args.size)
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=out_dir)
-    os.close(fd)
-    Image.fromarray(sheet).save(tmp)
-    os.replace(tmp, args.out)
+    save_png(args.out, sheet)
     print(f"wrote {args.out} ({sheet.shape[1]}x{sheet.shape[0]})")
 
 
