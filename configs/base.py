@@ -34,10 +34,14 @@ def get_config():
         dict(body_model="", pose="preset:standing", mode="default", prior_resolution=128)
     )
 
-    # DeepFloyd IF stage I for score distillation (SPEC 2.5). model_dir holds unet/, text_encoder/,
-    # tokenizer/ of DeepFloyd/IF-I-XL-v1.0. grad_clip: 0 (off), a number or a schedule.
+    # Score distillation (SPEC 2.5). kind "if": DeepFloyd IF stage I; model_dir holds unet/,
+    # text_encoder/, tokenizer/ of DeepFloyd/IF-I-XL-v1.0. kind "reference": the ideal denoiser of
+    # a known reference scene (the guide body plus `reference.object_mesh`), rendered from each
+    # step's views: the same SDS path with a known right answer. grad_clip: 0 (off), a number or
+    # a schedule.
     c.guidance = ml_collections.ConfigDict(
         dict(
+            kind="if",
             model_dir="",
             dtype="bfloat16",
             guidance_scale=20.0,
@@ -49,6 +53,10 @@ def get_config():
             embedding_cache=".cache/prompt_embeddings",
         )
     )
+
+    # The reference scene of guidance.kind="reference" and of the reference metrics: an .obj, .ply
+    # or .glb in scene coordinates (z up), or builtin:chair / builtin:bike / builtin:box.
+    c.reference = ml_collections.ConfigDict(dict(object_mesh=""))
 
     # Two identical fields, object and human (SPEC 2.2).
     c.field = ml_collections.ConfigDict(
@@ -70,9 +78,11 @@ def get_config():
         dict(ambient_only_steps=2001, soft_shading=True, albedo_prob=0.25, textureless_prob=0.5)
     )
 
-    # Occupancy-grid ray marching (SPEC 2.3). max_samples is the fixed sample buffer per render
-    # (16 per ray on average; the networks run on every slot, so it sets the cost); candidates get
-    # four times that. A full buffer is reported in the log: raise it then.
+    # Occupancy-grid ray marching (SPEC 2.3). max_samples is the fixed sample buffer of one
+    # training render (the networks run on every slot, so it sets the cost); max_candidates the
+    # densities one pruning round evaluates, max_rounds the rounds at most. Budgets are shared
+    # fairly between rays and cut rays from their far end; the log reports the rays cut while not
+    # yet opaque. Evaluation renders never cut a ray.
     c.render = ml_collections.ConfigDict(
         dict(
             width=64,
@@ -80,12 +90,13 @@ def get_config():
             num_steps_per_diagonal=512,
             alpha_threshold=0.01,
             max_samples=2**16,
+            max_candidates=2**18,
+            max_rounds=4,
             grid_resolution=32,
             grid_update_every=16,
             grid_warmup_steps=256,
             grid_decay=0.95,
             grid_threshold=0.01,
-            white_background_prob=0.5,
         )
     )
 

@@ -133,6 +133,27 @@ def sds_loss(unet_fn, key, images, cond_emb, uncond_emb, alphas_cumprod, config:
                           grad_clip)
 
 
+def ideal_denoiser(target_images, alphas_cumprod, image_size: int = 64):
+    """The exact ε-predictor of a diffusion model whose data is the single image x*: a unet_fn for
+    sds_loss that knows the right answer. ε̂(x_t, t) = (x_t − √ᾱ_t x*) / √(1 − ᾱ_t), the same for
+    every prompt (so the guidance term ε̂_text − ε̂_uncond is zero).
+
+    target_images [N,H,W,3] in [0,1] (x* of each pair, resized as the SDS images are); returns
+    unet_fn(x [2N,64,64,3], t [2N], emb) -> [2N,64,64,6] (ε̂ then zeros, IF's layout).
+    """
+    target = jax.lax.stop_gradient(to_model_space(target_images, image_size))
+    alphas = jnp.asarray(alphas_cumprod, jnp.float32)
+
+    def unet_fn(x, t, emb):
+        del emb
+        alpha_bar = alphas[t][:, None, None, None]
+        x_star = jnp.concatenate([target] * (x.shape[0] // target.shape[0]))
+        eps = (x - jnp.sqrt(alpha_bar) * x_star) / jnp.sqrt(1.0 - alpha_bar)
+        return jnp.concatenate([eps, jnp.zeros_like(eps)], -1)
+
+    return unet_fn
+
+
 def view_index(elevation_deg, azimuth_deg):
     """Index into VIEW_SUFFIXES (0 front, 1 side, 2 back, 3 overhead) of cameras at the given elevation
     and azimuth in degrees (any shape, jittable): overhead when elevation > 60; else front when

@@ -2,7 +2,8 @@
 
 Evaluation cameras sit on a circle (elevation 10 degrees, distance 2, fov 70 in the release); the
 object, human and interaction views use the training offsets with scale 1. Rays are rendered in
-chunks under `lax.map`, so one compiled function serves any image size.
+chunks under `lax.map`, so one compiled function serves any image size, with the complete renders
+of nerf.render: no ray of an evaluation image is cut short.
 """
 import os
 
@@ -17,7 +18,7 @@ from interfusion_jax.train_step import FIELDS
 from nerf.cameras import circle_cameras, generate_rays
 from nerf.material import eval_shading
 from nerf.mesh import export_mesh, extract_mesh
-from nerf.render import render_composite, render_field
+from nerf.render import render_composite_complete, render_field_complete
 from pose.atomic_io import atomic_write
 
 EVAL_VIEWS = ("object", "human", "interaction")
@@ -42,13 +43,11 @@ def make_eval_renderer(model, size, ambient_only_steps):
         fns = lambda name, v: model.field_fns(  # noqa: E731
             params[name], eval_shading(lights[v], step, ambient_only_steps))
         renderers = [
-            lambda o, d: render_field(None, o, d, grids["object"], fns("object", 0), model.march,
-                                      stratified=False, background="white"),
-            lambda o, d: render_field(None, o, d, grids["human"], fns("human", 1), model.march,
-                                      stratified=False, background="white"),
-            lambda o, d: render_composite(None, o, d, grids["interaction"], fns("object", 2),
-                                          fns("human", 2), model.march, stratified=False,
-                                          background="white"),
+            lambda o, d: render_field_complete(o, d, grids["object"], fns("object", 0),
+                                               model.march),
+            lambda o, d: render_field_complete(o, d, grids["human"], fns("human", 1), model.march),
+            lambda o, d: render_composite_complete(o, d, grids["interaction"], fns("object", 2),
+                                                   fns("human", 2), model.march),
         ]
         images = [_render_chunked(fn, *generate_rays(c2ws[v], fovy, size, size))
                   for v, fn in enumerate(renderers)]

@@ -1,21 +1,37 @@
-"""The DeepFloyd IF guidance of a run: the UNet and the prompt embeddings, from the config.
+"""The guidance of a run, as a plug-in of the training step: `guidance.kind` "if" or "reference".
 
-With `guidance.model_dir` set, the IF-I-XL UNet and its T5 encoder are loaded from that folder and
-the embeddings are cached on disk, so the 4.7 B-parameter encoder is loaded only for new prompts
-and released before training. With it empty (the demo), the UNet is a tiny randomly initialised
-network of IF's layout and the embeddings are pseudo-random vectors derived from the text: every
-part of the pipeline runs, but the guidance carries no knowledge of images.
+The step hands its guidance the four rendered images with their views (`scene.Views`) and gets
+back the score-distillation loss; it does not know which guidance it has. Both kinds run the same
+SDS path (guidance.sds: timestep sampling, weighting, clipping, the object term's ramp, the loss
+form); they differ in the denoiser:
+- "if": DeepFloyd IF stage I. With `guidance.model_dir` set, the IF-I-XL UNet and its T5 encoder
+  are loaded from that folder and the embeddings are cached on disk, so the 4.7 B-parameter
+  encoder is loaded only for new prompts and released before training. With it empty, the UNet is
+  a tiny randomly initialised network of IF's layout and the embeddings are pseudo-random vectors
+  derived from the text: every part of the pipeline runs, but the guidance knows no images.
+- "reference": the ideal denoiser of a known scene (the guide body plus `reference.object_mesh`),
+  rendered from each step's views with the shading and background of the training renders: the
+  interaction stage's end-to-end check, whose right answer is known.
 """
+import functools
 import zlib
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from guidance import IFUNet, embed_prompts, load_if_unet, view_prompts
-from interfusion_jax.scene import VIEWS
+from guidance import (IFUNet, SDSConfig, ddpm_alphas_cumprod, embed_prompts, ideal_denoiser,
+                      load_if_unet, sds_loss, view_index, view_prompts)
+from interfusion_jax import losses
+from interfusion_jax.config import ConfigError
+from interfusion_jax.scene import VIEW_PARTS, VIEWS, view_shading
+from nerf.cameras import generate_rays
+from nerf.material import shade
+from pose.mesh_raycast import render_reference
+from pose.reference_scene import reference_scene
 
+KINDS = ("if", "reference")
 MAX_LENGTH = 77
 
 # IF-I-XL's block types at toy width, for runs without the published weights.
@@ -34,14 +50,13 @@ DEMO_UNET = {
 
 
 class Guidance(NamedTuple):
-    """module: the IF UNet (static); params: its weights (passed into the jitted step, never
-    closed over, so they are not baked into the executable); cond [4 views of the scene, 4 camera
-    directions, L, D] embeddings in the order of scene.VIEWS x sds.VIEW_SUFFIXES; uncond [L, D]."""
+    """loss(arrays, key, images [4,H,W,3], views: scene.Views, step) -> (loss, aux with "t" [4]
+    and "grad_norm" [4]), static; arrays: what it needs on the device (UNet weights and prompt
+    embeddings, or the reference scene), passed into the jitted step as an argument so that it is
+    not baked into the executable."""
 
-    module: Any
-    params: Any
-    cond: jax.Array
-    uncond: jax.Array
+    loss: Callable
+    arrays: Any
     description: str
 
 
@@ -58,14 +73,39 @@ def pseudo_embeddings(texts, dim):
         for t in texts]).astype(np.float32)
 
 
-def setup_guidance(cfg, key):
-    """Guidance for the config's `guidance` and `prompts` blocks."""
+def _sds(cfg, unet_fn, key, images, cond, uncond, step):
+    """The release's SDS of the four views: the object term ramps in with the steps."""
+    g = cfg.guidance
+    sds_cfg = SDSConfig(guidance_scale=g.guidance_scale,
+                        min_step=int(round(g.min_step_percent * 1000)),
+                        max_step=int(round(g.max_step_percent * 1000)), weighting=g.weighting)
+    weights = jnp.stack([losses.object_sds_weight(step, cfg.loss.object_sds_ramp_every),
+                         1.0, 1.0, 1.0])
+    grad_clip = losses.schedule_value(g.grad_clip, step) if g.grad_clip else None
+    return sds_loss(unet_fn, key, images, cond, uncond, ddpm_alphas_cumprod(), sds_cfg,
+                    weights=weights, grad_clip=grad_clip)
+
+
+def if_guidance(cfg, module, params, embeddings, description):
+    """Guidance of an IF UNet (module, params) with prompt embeddings [17,L,D]: the 16 texts of
+    prompt_texts (row-major) and then the empty prompt."""
+    emb = jnp.asarray(embeddings)
+
+    def loss(arrays, key, images, views, step):
+        cond = arrays["cond"][jnp.arange(4), view_index(views.elevation, views.azimuth)]
+        unet_fn = lambda x, t, e: module.apply({"params": arrays["unet"]}, x, t, e)  # noqa: E731
+        return _sds(cfg, unet_fn, key, images, cond, arrays["uncond"], step)
+
+    arrays = dict(unet=params, cond=emb[:-1].reshape(4, 4, *emb.shape[1:]), uncond=emb[-1])
+    return Guidance(loss, arrays, description)
+
+
+def _if_guidance(cfg, key):
     g = cfg.guidance
     grid = prompt_texts(cfg.prompts, g.view_dependent)
     flat = [t for row in grid for t in row] + [""]
     if g.model_dir:
-        dtype = jnp.dtype(g.dtype)
-        module, params = load_if_unet(g.model_dir, dtype=dtype)
+        module, params = load_if_unet(g.model_dir, dtype=jnp.dtype(g.dtype))
         # The release's prompt processor (threestudio) feeds the text unchanged, not lowercased.
         emb = embed_prompts(g.model_dir, flat, g.embedding_cache, lowercase=False)
         description = f"DeepFloyd IF from {g.model_dir} ({g.dtype})"
@@ -77,6 +117,50 @@ def setup_guidance(cfg, key):
         emb = pseudo_embeddings(flat, DEMO_UNET["encoder_hid_dim"])
         description = ("demo guidance: a tiny random UNet of IF's layout with pseudo-random prompt "
                        "embeddings (set guidance.model_dir to DeepFloyd/IF-I-XL-v1.0 for real runs)")
-    emb = jnp.asarray(emb)
-    cond = emb[:-1].reshape(4, 4, *emb.shape[1:])
-    return Guidance(module, params, cond, emb[-1], description)
+    return if_guidance(cfg, module, params, emb, description)
+
+
+def reference_images(scene, views, height, width):
+    """The reference scene from the four views [4,H,W,3]: each view shows its parts
+    (scene.VIEW_PARTS) with the shading each field drew and the background the render used."""
+    images = []
+    for v, parts in enumerate(VIEW_PARTS):
+        origins, directions = generate_rays(views.c2w[v], views.fovy, height, width)
+        shade_fns = {part: functools.partial(shade, view_shading(views, part, v))
+                     for part in parts}
+        out = render_reference(scene, origins, directions, shade_fns, views.background[v])
+        images.append(out["rgb"].reshape(height, width, 3))
+    return jnp.stack(images)
+
+
+def _reference_guidance(cfg, guide, body_colors):
+    if not cfg.reference.object_mesh:
+        raise ConfigError("--config.reference.object_mesh is required with "
+                          "guidance.kind=reference (a mesh file or builtin:chair, builtin:bike, "
+                          "builtin:box)")
+    try:
+        scene = reference_scene(guide, cfg.reference.object_mesh, body_colors)
+    except ValueError as error:
+        raise ConfigError(f"--config.{error}") from None
+    h, w = cfg.render.height, cfg.render.width
+    no_text = jnp.zeros((4, 1, 1))
+
+    def loss(arrays, key, images, views, step):
+        targets = reference_images(arrays["scene"], views, h, w)
+        unet_fn = ideal_denoiser(targets, ddpm_alphas_cumprod())
+        return _sds(cfg, unet_fn, key, images, no_text, no_text[0], step)
+
+    description = (f"reference guidance: the ideal denoiser of the guide body with "
+                   f"{cfg.reference.object_mesh} ({len(scene.faces)} faces), no diffusion model")
+    return Guidance(loss, dict(scene=jax.tree_util.tree_map(jnp.asarray, scene)), description)
+
+
+def setup_guidance(cfg, key, guide, body_colors=None):
+    """Guidance for the config's `guidance`, `prompts` and `reference` blocks; guide: the run's
+    GuideBody, body_colors its vertex colours (the reference scene's body)."""
+    if cfg.guidance.kind not in KINDS:
+        raise ConfigError(f"--config.guidance.kind={cfg.guidance.kind!r}: expected one of "
+                          f"{', '.join(KINDS)}")
+    if cfg.guidance.kind == "reference":
+        return _reference_guidance(cfg, guide, body_colors)
+    return _if_guidance(cfg, key)

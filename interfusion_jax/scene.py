@@ -4,10 +4,38 @@ From one sampled camera (position p, rotation R) the release renders four views 
 (SPEC 2.4): object at 0.7 p + c, human at 0.7 p, interaction at 0.8 p + c/2, head at 0.2 p + head,
 where c is the object centre; lights move by the same offsets. At evaluation the scales are 1.
 """
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 
 VIEWS = ("object", "human", "interaction", "head")
+# What each view shows: its field(s), and the parts of a reference scene.
+VIEW_PARTS = (("object",), ("human",), ("object", "human"), ("human",))
+
+
+class Views(NamedTuple):
+    """What the training step tells its guidance about the four renders, in VIEWS order.
+
+    c2w [4,4,4]; fovy [] radians; elevation, azimuth [] degrees of the sampled camera;
+    background [4,N,3] the background each render used (N = H*W rays); object_shading,
+    human_shading: nerf Shading pytrees with a leading axis of 4, the shading each field's
+    material drew in that view (entries of views without that field are unused).
+    """
+
+    c2w: jax.Array
+    fovy: jax.Array
+    elevation: jax.Array
+    azimuth: jax.Array
+    background: jax.Array
+    object_shading: Any
+    human_shading: Any
+
+
+def view_shading(views, part, v):
+    """The Shading that field `part` ("object" or "human") drew in view v."""
+    stacked = views.object_shading if part == "object" else views.human_shading
+    return jax.tree_util.tree_map(lambda a: a[v], stacked)
 
 
 def view_offsets(center, head):

@@ -31,7 +31,8 @@ def build(cfg, key):
                             resolution=cfg.body.prior_resolution)
     k_state, k_guidance = jax.random.split(key)
     model = make_scene_model(cfg, gb.head, prior)
-    return model, init_state(model, cfg, k_state), setup_guidance(cfg, k_guidance)
+    guidance = setup_guidance(cfg, k_guidance, gb, body.vertex_colors)
+    return model, init_state(model, cfg, k_state), guidance
 
 
 def _resume(state, cfg):
@@ -59,11 +60,18 @@ def _save(state, out_dir):
                     meta={"key": np.asarray(state.key).tolist()})
 
 
-def _log(f, step, metrics):
+def _log(f, step, metrics, window):
+    """One metrics.jsonl row: the step's metrics, and over the steps since the last row (window:
+    their per-render truncation figures) the worst truncation and the steps that cut open rays."""
     row = {"step": step}
     for k, v in jax.device_get(metrics).items():
         v = np.asarray(v)
         row[k] = v.item() if v.size == 1 else v.tolist()
+    cut = {k: np.stack([np.asarray(w[k]) for w in jax.device_get(window)]) for k in window[0]}
+    row.update(window_steps=len(window),
+               truncated_rays_max=cut["truncated_rays"].max(0).tolist(),
+               open_truncated_rays_max=cut["open_truncated_rays"].max(0).tolist(),
+               open_truncated_steps=int(np.sum(np.any(cut["open_truncated_rays"] > 0, axis=1))))
     f.write(json.dumps(row) + "\n")
     f.flush()
     return row
@@ -88,15 +96,22 @@ def train(cfg):
     with open(os.path.join(out_dir, "metrics.jsonl"), "a") as log, \
             tqdm(range(first, cfg.train.max_steps), initial=first, total=cfg.train.max_steps,
                  desc=cfg.name) as bar:
+        window = []
         for step in bar:
             if step > 0 and step % cfg.train.object_center_every == 0:
                 state = state.replace(center=center_fn(state.params["object"], state.center))
             state, metrics, _ = step_fn(state)
+            window.append({k: metrics[k] for k in ("truncated_rays", "open_truncated_rays")})
             if step % 10 == 0 or step == cfg.train.max_steps - 1:
-                row = _log(log, step, metrics)
+                row = _log(log, step, metrics, window)
+                window = []
                 bar.set_postfix(loss=f"{row['loss']:.4g}")
-                if row["overflow"]:
-                    bar.write(f"step {step}: a sample buffer overflowed; raise render.max_samples")
+                if row["open_truncated_steps"]:
+                    worst = max(row["open_truncated_rays_max"])
+                    bar.write(f"step {step}: {row['open_truncated_steps']} of the last "
+                              f"{row['window_steps']} steps cut rays short before they were "
+                              f"opaque (up to {worst:.1%} of a render's rays); raise "
+                              "render.max_samples")
             if (step + 1) % cfg.train.val_every == 0:
                 save_validation(val_render, state, cfg, os.path.join(out_dir, "val"))
     if int(state.step) > first:

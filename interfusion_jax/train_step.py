@@ -13,9 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from guidance import SDSConfig, ddpm_alphas_cumprod, sds_loss, view_index
 from interfusion_jax import losses
-from interfusion_jax.scene import scene_views
+from interfusion_jax.scene import Views, scene_views
 from nerf.background import Background
 from nerf.cameras import generate_rays, random_camera
 from nerf.field import field_from_config, make_density_fn, make_radiance_fn
@@ -25,6 +24,9 @@ from nerf.render import FieldFns, render_composite, render_field
 from nerf.sampler import MarchConfig
 
 FIELDS = ("object", "human")
+# The sampler's figures, logged per render (object, human, interaction, head).
+BUFFER_FIGURES = ("num_samples", "num_candidates", "rounds", "truncated_rays", "open_truncated_rays",
+                  "dropped_samples")
 
 
 @flax.struct.dataclass
@@ -77,7 +79,9 @@ def make_optimizer(optim):
 def make_scene_model(cfg, head, prior):
     march = MarchConfig(radius=cfg.field.radius,
                         num_steps_per_diagonal=cfg.render.num_steps_per_diagonal,
-                        max_samples=cfg.render.max_samples, max_candidates=4 * cfg.render.max_samples,
+                        max_samples=cfg.render.max_samples,
+                        max_candidates=cfg.render.max_candidates,
+                        max_rounds=cfg.render.max_rounds,
                         alpha_threshold=cfg.render.alpha_threshold)
     return SceneModel(field_from_config(cfg.field), Background(hidden=cfg.field.background_hidden),
                       march, make_optimizer(cfg.optim), jnp.asarray(head, jnp.float32), prior)
@@ -126,38 +130,33 @@ def scene_losses(params, state, model, guidance, cfg, keys):
               cfg.camera.head_scale)
     c2ws, lights = scene_views(cam.c2w, cam.light_position, state.center, model.head, scales)
     h, w = cfg.render.height, cfg.render.width
-    # Each render draws its own shading, as each of the release's renders calls its material.
-    shading_keys = jax.random.split(keys["shading"], 4)
+    # Every material call draws its own shading, as each of the release's does: one per view,
+    # and a second one for the human in the interaction view.
     shade = functools.partial(sample_shading, step=step, soft_shading=cfg.material.soft_shading,
                               ambient_only_steps=cfg.material.ambient_only_steps,
                               albedo_prob=cfg.material.albedo_prob,
                               textureless_prob=cfg.material.textureless_prob)
-    fns = lambda name, view: model.field_fns(  # noqa: E731
-        params[name], shade(shading_keys[view], light_position=lights[view]))
+    shadings = [shade(k, light_position=lights[v])
+                for k, v in zip(jax.random.split(keys["shading"], 5), (0, 1, 2, 3, 2))]
+    fns = lambda name, i: model.field_fns(params[name], shadings[i])  # noqa: E731
     rays = [generate_rays(c2ws[v], cam.fovy, h, w) for v in range(4)]
     render_keys = jax.random.split(keys["render"], 4)
     renders = [
         render_field(render_keys[0], *rays[0], state.grids["object"], fns("object", 0), model.march),
         render_field(render_keys[1], *rays[1], state.grids["human"], fns("human", 1), model.march),
         render_composite(render_keys[2], *rays[2], state.grids["interaction"], fns("object", 2),
-                         fns("human", 2), model.march),
+                         fns("human", 4), model.march),
         render_field(render_keys[3], *rays[3], state.grids["human"], fns("human", 3), model.march),
     ]
     r_obj, r_hum = renders[0], renders[1]
 
     images = jnp.stack([r["comp_rgb"].reshape(h, w, 3) for r in renders])
-    cond = guidance.cond[jnp.arange(4), view_index(cam.elevation, cam.azimuth)]
-    unet_fn = lambda x, t, e: guidance.module.apply({"params": guidance.params}, x, t, e)  # noqa: E731
-    sds_cfg = SDSConfig(guidance_scale=cfg.guidance.guidance_scale,
-                        min_step=int(round(cfg.guidance.min_step_percent * 1000)),
-                        max_step=int(round(cfg.guidance.max_step_percent * 1000)),
-                        weighting=cfg.guidance.weighting)
-    sds_weights = jnp.stack([losses.object_sds_weight(step, cfg.loss.object_sds_ramp_every),
-                             1.0, 1.0, 1.0])
-    sds, sds_aux = sds_loss(unet_fn, keys["sds"], images, cond, guidance.uncond,
-                            ddpm_alphas_cumprod(), sds_cfg, weights=sds_weights,
-                            grad_clip=(losses.schedule_value(cfg.guidance.grad_clip, step)
-                                       if cfg.guidance.grad_clip else None))
+    stacked = lambda picks: jax.tree_util.tree_map(  # noqa: E731
+        lambda *a: jnp.stack(a), *[shadings[i] for i in picks])
+    views = Views(c2w=c2ws, fovy=cam.fovy, elevation=cam.elevation, azimuth=cam.azimuth,
+                  background=jax.lax.stop_gradient(jnp.stack([r["background"] for r in renders])),
+                  object_shading=stacked((0, 0, 2, 0)), human_shading=stacked((1, 1, 4, 3)))
+    sds, sds_aux = guidance.loss(guidance.arrays, keys["sds"], images, views, step)
 
     lambda_orient = losses.schedule_value(cfg.loss.lambda_orient, step)
     terms = {"sds": sds}
@@ -173,12 +172,11 @@ def scene_losses(params, state, model, guidance, cfg, keys):
         losses.object_shape_loss(r_obj["density"], occ_o, r_obj["valid"], cfg.loss.shape_density_scale)
 
     total = sum(terms.values())
-    metrics = dict(terms, loss=total, sds_t=sds_aux["t"],
+    metrics = dict(terms, loss=total, sds_t=sds_aux["t"], sds_grad_norm=sds_aux["grad_norm"],
                    **{f"opacity_{v}": jnp.mean(r["opacity"]) for v, r in zip(
                        ("object", "human", "interaction", "head"), renders)},
-                   overflow=jnp.any(jnp.stack([r["overflow"] for r in renders])),
                    nan_density=sum(r["nan_density"] for r in renders),
-                   samples=jnp.stack([r["num_samples"] for r in renders]))
+                   **{k: jnp.stack([r[k] for r in renders]) for k in BUFFER_FIGURES})
     return total, (metrics, images)
 
 
@@ -195,30 +193,31 @@ def _update_grids(state, model, params, key, cfg):
 
 
 def train_step(state, arrays, model, guidance, cfg):
-    """(state, arrays) -> (state, metrics, images [4,H,W,3]), with model, guidance's module and cfg
-    bound (see `make_train_step`). arrays: the UNet params, prompt embeddings and body prior, passed
-    as arguments so that they are not baked into the executable as constants."""
+    """(state, arrays) -> (state, metrics, images [4,H,W,3]), with model, guidance's loss and cfg
+    bound (see `make_train_step`). arrays: the guidance's arrays and the body prior, passed as
+    arguments so that they are not baked into the executable as constants."""
     model = model._replace(prior=arrays["prior"])
-    guidance = guidance._replace(params=arrays["unet"], cond=arrays["cond"], uncond=arrays["uncond"])
+    guidance = guidance._replace(arrays=arrays["guidance"])
     key, *ks = jax.random.split(state.key, 7)
     keys = dict(zip(("camera", "shading", "render", "sds", "shape", "grid"), ks))
+    # As nerfacc's estimator in threestudio: the grids follow the current fields before the
+    # render, so step 0 already marches an updated grid instead of the dense initial one.
+    grids = jax.lax.cond(state.step % cfg.render.grid_update_every == 0,
+                         lambda: _update_grids(state, model, state.params, keys["grid"], cfg),
+                         lambda: state.grids)
+    state = state.replace(grids=grids)
     grad_fn = jax.value_and_grad(scene_losses, has_aux=True)
     (_, (metrics, images)), grads = grad_fn(state.params, state, model, guidance, cfg, keys)
     updates, opt_state = model.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    grids = jax.lax.cond(state.step % cfg.render.grid_update_every == 0,
-                         lambda: _update_grids(state, model, params, keys["grid"], cfg),
-                         lambda: state.grids)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, grids=grids,
-                              key=key)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, key=key)
     return new_state, metrics, images
 
 
 def make_train_step(model, guidance, cfg):
     """state -> (state, metrics, images), one jitted call; the state's buffers are donated."""
-    arrays = dict(unet=guidance.params, cond=guidance.cond, uncond=guidance.uncond, prior=model.prior)
+    arrays = dict(guidance=guidance.arrays, prior=model.prior)
     jitted = jax.jit(functools.partial(
-        train_step, model=model._replace(prior=None),
-        guidance=guidance._replace(params=None, cond=None, uncond=None), cfg=cfg),
-        donate_argnums=(0,))
+        train_step, model=model._replace(prior=None), guidance=guidance._replace(arrays=None),
+        cfg=cfg), donate_argnums=(0,))
     return lambda state: jitted(state, arrays)

@@ -8,5 +8,6 @@ from nerf.material import (ALBEDO, DIFFUSE, TEXTURELESS, Shading, eval_shading, 
 from nerf.mesh import export_mesh, extract_mesh
 from nerf.cameras import Camera, circle_cameras, generate_rays, look_at, random_camera
 from nerf.occupancy import OccupancyGrid, init_grid, update_grid
-from nerf.render import FieldFns, render_composite, render_field
-from nerf.sampler import MarchConfig, Samples, sample_rays
+from nerf.render import (FieldFns, render_composite, render_composite_complete, render_field,
+                         render_field_complete)
+from nerf.sampler import MarchConfig, Samples, fair_share, sample_rays

@@ -2,10 +2,11 @@
 
 Two release-size ImplicitVolume fields (2^19 entries x 16 levels x 2 features) at their initial
 blob density, with the occupancy grid updated a few times (warm-up updates, as in training);
-64x64 rays from a random training camera, step 1.732 * 4 / 512. Prints kept samples, forward and
-forward+backward milliseconds and samples per second for the single render, the composite and
-dense marching (full grid, no pruning), and forward+backward of the four renders of a training
-step (object, human, composite, head) in one jitted call.
+64x64 rays from a random training camera, step 1.732 * 4 / 512. Prints kept samples, the sampler's
+truncation (rays cut short, of those cut before they were opaque, samples dropped) and pruning
+rounds, forward and forward+backward milliseconds and samples per second for the single render,
+the composite and dense marching (full grid, no pruning), and forward+backward of the four renders
+of a training step (object, human, composite, head) in one jitted call.
 
     python scripts/bench_render.py            # release sizes (GPU)
     python scripts/bench_render.py --small    # tiny sizes, runs on CPU
@@ -30,8 +31,9 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--small", action="store_true", help="tiny sizes for a CPU check")
     p.add_argument("--iters", type=int, default=None, help="timed runs per case (median)")
-    p.add_argument("--max-samples", type=int, default=2**18)
-    p.add_argument("--max-candidates", type=int, default=2**19)
+    p.add_argument("--max-samples", type=int, default=2**16)
+    p.add_argument("--max-candidates", type=int, default=2**18)
+    p.add_argument("--max-rounds", type=int, default=4)
     p.add_argument("--grid-updates", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
@@ -62,7 +64,8 @@ def main():
     else:
         size, iters = 64, args.iters or 50
         volume = ImplicitVolume()
-        march = MarchConfig(max_samples=args.max_samples, max_candidates=args.max_candidates)
+        march = MarchConfig(max_samples=args.max_samples, max_candidates=args.max_candidates,
+                            max_rounds=args.max_rounds)
         dense = MarchConfig(max_samples=2**21, max_candidates=2**21, alpha_threshold=0.0,
                             early_stop_eps=0.0)
 
@@ -121,10 +124,12 @@ def main():
                                  ("composite dense", composite, dense, init_grid())]:
         fwd, bwd = cases(render, cfg, g)
         out = fwd(params, k_render)
-        kept, overflow = int(out["num_samples"]), bool(out["overflow"])
+        cut = (float(out["truncated_rays"]), float(out["open_truncated_rays"]),
+               int(out["dropped_samples"]), int(out["rounds"]))
+        kept = int(out["num_samples"])
         ms_f = timed(fwd, (params, k_render), iters)
         ms_b = timed(bwd, (params, k_render), iters)
-        rows.append((name, kept, overflow, ms_f, ms_b, kept / (ms_b * 1e-3)))
+        rows.append((name, kept, cut, ms_f, ms_b, kept / (ms_b * 1e-3)))
 
     def training_step(p, key):
         keys = jax.random.split(key, 4)
@@ -140,13 +145,13 @@ def main():
 
     print(f"device: {jax.devices()[0].device_kind}  rays: {size}x{size}  step: "
           f"{march.step_size:.5f}  max_samples: {march.max_samples}  "
-          f"max_candidates: {march.max_candidates}  occupied cells: "
+          f"max_candidates: {march.max_candidates} x {march.max_rounds} rounds  occupied cells: "
           f"{float(grid.mask.mean()):.3f} (single) {float(grid_sum.mask.mean()):.3f} (sum)")
-    print(f"{'render':<16} {'kept samples':>12} {'overflow':>8} {'fwd ms':>8} "
-          f"{'fwd+bwd ms':>10} {'samples/s (fwd+bwd)':>20}")
-    for name, kept, overflow, ms_f, ms_b, rate in rows:
-        print(f"{name:<16} {kept:>12d} {str(overflow):>8} {ms_f:>8.2f} {ms_b:>10.2f} "
-              f"{rate:>20.3e}")
+    print(f"{'render':<16} {'kept samples':>12} {'cut rays':>9} {'cut open':>9} {'dropped':>8} "
+          f"{'rounds':>6} {'fwd ms':>8} {'fwd+bwd ms':>10} {'samples/s (fwd+bwd)':>20}")
+    for name, kept, (cut, cut_open, dropped, rounds), ms_f, ms_b, rate in rows:
+        print(f"{name:<16} {kept:>12d} {cut:>9.2%} {cut_open:>9.2%} {dropped:>8d} {rounds:>6d} "
+              f"{ms_f:>8.2f} {ms_b:>10.2f} {rate:>20.3e}")
     print(f"training step: 4 renders (object, human, composite, head) fwd+bwd: {ms_step:.2f} ms "
           f"(target < 10 ms on one H100)")
 

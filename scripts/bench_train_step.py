@@ -22,13 +22,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from guidance import IFUNet  # noqa: E402
 from interfusion_jax.config import load_config  # noqa: E402
-from interfusion_jax.guidance_setup import DEMO_UNET, MAX_LENGTH, Guidance  # noqa: E402
+from interfusion_jax.guidance_setup import DEMO_UNET, MAX_LENGTH, if_guidance  # noqa: E402
 from interfusion_jax.train import build  # noqa: E402
 from interfusion_jax.train_step import make_train_step  # noqa: E402
 from scripts.bench_guidance import STAND_IN  # noqa: E402
 
 
-def stand_in_guidance(unet_config, dtype, key):
+def stand_in_guidance(cfg, unet_config, dtype, key):
     module = IFUNet.from_config(unet_config, dtype=dtype, source="stand-in")
     dim = unet_config["encoder_hid_dim"]
     dummy = (jnp.zeros((1, 64, 64, 3)), jnp.zeros((1,), jnp.int32), jnp.zeros((1, MAX_LENGTH, dim)))
@@ -45,11 +45,9 @@ def stand_in_guidance(unet_config, dtype, key):
 
     params = jax.tree_util.tree_unflatten(
         treedef, [leaf(i, path, x.shape) for i, (path, x) in enumerate(paths)])
-    k_c, k_u = jax.random.split(key)
-    cond = jax.random.normal(k_c, (4, 4, MAX_LENGTH, dim), jnp.float32)
-    uncond = jax.random.normal(k_u, (MAX_LENGTH, dim), jnp.float32)
+    embeddings = jax.random.normal(jax.random.fold_in(key, len(paths)), (17, MAX_LENGTH, dim))
     n = sum(p.size for p in jax.tree_util.tree_leaves(params))
-    return Guidance(module, params, cond, uncond, f"stand-in {n / 1e9:.2f} B"), n
+    return if_guidance(cfg, module, params, embeddings, f"stand-in {n / 1e9:.2f} B"), n
 
 
 def main():
@@ -69,7 +67,8 @@ def main():
     model, state, _ = build(cfg, key)
     t_build = time.perf_counter() - t0
     unet_cfg = DEMO_UNET if args.small else STAND_IN
-    guidance, n_params = stand_in_guidance(unet_cfg, jnp.float32 if args.small else jnp.bfloat16, key)
+    guidance, n_params = stand_in_guidance(cfg, unet_cfg, jnp.float32 if args.small else jnp.bfloat16,
+                                           key)
     print(f"built in {t_build:.1f} s; UNet weights ready after {time.perf_counter() - t0:.1f} s",
           file=sys.stderr, flush=True)
     step_fn = make_train_step(model, guidance, cfg)
@@ -88,7 +87,8 @@ def main():
         state, metrics, _ = step_fn(state)
         jax.block_until_ready(state)
         times.append(1e3 * (time.perf_counter() - t0))
-    samples = [int(s) for s in jax.device_get(metrics["samples"])]
+    last = jax.device_get(metrics)
+    per_render = lambda k, fmt: ", ".join(fmt.format(v) for v in last[k])  # noqa: E731
     rows = [
         ("device", str(jax.devices()[0].device_kind)),
         ("scene config", scene),
@@ -96,8 +96,9 @@ def main():
                  f"{n_params / 1e6:.1f} M params, random weights"),
         ("rays per render", f"{cfg.render.width}x{cfg.render.height}"),
         ("sample buffer (render.max_samples)", str(cfg.render.max_samples)),
-        ("kept samples (obj, human, inter., head)", ", ".join(map(str, samples))),
-        ("a sample buffer overflowed", str(bool(metrics["overflow"]))),
+        ("kept samples (obj, human, inter., head)", per_render("num_samples", "{}")),
+        ("rays cut short, last step", per_render("truncated_rays", "{:.2%}")),
+        ("rays cut before opaque, last step", per_render("open_truncated_rays", "{:.2%}")),
         ("build (body, prior, fields) [s]", f"{t_build:.1f}"),
         ("first step (compile + run) [s]", f"{t_first:.1f}"),
         ("step median [ms]", f"{statistics.median(times):.1f}"),

@@ -9,15 +9,12 @@ from nerf.cameras import generate_rays, look_at, spherical_position
 from nerf.field import ImplicitVolume, make_density_fn, make_radiance_fn
 from nerf.material import make_shading
 from nerf.occupancy import init_grid, update_grid
-from nerf.render import FieldFns, render_field
+from nerf.render import FieldFns, render_field, render_field_complete
 from nerf.sampler import MarchConfig
 
 RADIUS = 1.0
 MARCH = MarchConfig(radius=RADIUS, num_steps_per_diagonal=96, max_samples=2**14,
                     max_candidates=2**15)
-# Whole-image renders (targets, evaluation) hold all rays of several views at once.
-IMAGES = MarchConfig(radius=RADIUS, num_steps_per_diagonal=96, max_samples=2**18,
-                     max_candidates=2**19)
 SIZE = 20
 RAYS_PER_STEP = 512
 
@@ -47,8 +44,8 @@ def white_bg(d):
 
 
 def render_images(field, grid, o, d):
-    out = render_field(None, o, d, grid, field, IMAGES, stratified=False, background="white")
-    return out["comp_rgb"], out["overflow"]
+    out = render_field_complete(o, d, grid, field, MARCH)
+    return out["comp_rgb"], out["truncated_rays"] > 0
 
 
 def test_fit_held_out_views_psnr():
@@ -59,9 +56,9 @@ def test_fit_held_out_views_psnr():
     train_o, train_d = views([5] * 6 + [45] * 6, ring + [a + 30 for a in ring])
     test_o, test_d = views([25, 25], [20, 200])
     render_target = jax.jit(lambda o, d: render_images(target, init_grid(radius=RADIUS), o, d))
-    (train_rgb, overflow_train), (test_rgb, overflow_test) = (
+    (train_rgb, cut_train), (test_rgb, cut_test) = (
         render_target(train_o, train_d), render_target(test_o, test_d))
-    assert not bool(overflow_train | overflow_test)
+    assert not bool(cut_train | cut_test)
     assert 0.1 < float(jnp.mean(train_rgb < 0.95)) < 0.9  # the object fills part of the views
 
     volume = ImplicitVolume(radius=RADIUS, n_levels=8, log2_hashmap_size=14, base_resolution=8,
@@ -104,9 +101,9 @@ def test_fit_held_out_views_psnr():
             grid = grid_step(params, grid, k_grid, step)
         params, opt_state, loss = train_step(params, opt_state, grid, k_step)
 
-    pred, overflow = jax.jit(lambda p, g: render_images(field_of(p), g, test_o, test_d))(params,
+    pred, cut = jax.jit(lambda p, g: render_images(field_of(p), g, test_o, test_d))(params,
                                                                                        grid)
-    assert not bool(overflow)
+    assert not bool(cut)
     mse = float(jnp.mean((pred - test_rgb) ** 2))
     psnr = -10.0 * np.log10(mse)
     print(f"held-out PSNR {psnr:.2f} dB")

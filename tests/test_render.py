@@ -6,8 +6,9 @@ import pytest
 
 from nerf.cameras import generate_rays, look_at
 from nerf.occupancy import init_grid, update_grid
-from nerf.render import FieldFns, render_composite, render_field
-from nerf.sampler import MarchConfig
+from nerf.render import (FieldFns, render_composite, render_composite_complete, render_field,
+                         render_field_complete)
+from nerf.sampler import MarchConfig, fair_share
 
 EXACT = MarchConfig(max_samples=2**17, max_candidates=2**17, alpha_threshold=0.0,
                     early_stop_eps=0.0)
@@ -102,7 +103,7 @@ def test_full_grid_render_equals_dense_march():
     o, d = camera_rays()
     out = jax.jit(lambda o, d: render_field(None, o, d, init_grid(), make_field(blob_density),
                                             EXACT, stratified=False, background="field"))(o, d)
-    assert not bool(out["overflow"])
+    assert float(out["truncated_rays"]) == 0
     check_images(out, dense_reference(o, d, np_alpha(np_blob), np_colour), 1e-5, (0.2, 0.3, 0.9))
     # zero-direction and missing rays: nothing rendered, only the background
     assert float(out["opacity"][-3]) == 0 and float(out["opacity"][-2]) == 0
@@ -223,23 +224,103 @@ def test_empty_scene_gives_background_and_finite_gradients():
         return jnp.sum(out["comp_rgb"]), out
 
     (value, out), g = jax.value_and_grad(loss, has_aux=True)(1.0)
-    assert int(out["num_samples"]) == 0 and not bool(out["overflow"])
+    assert int(out["num_samples"]) == 0 and float(out["truncated_rays"]) == 0
     np.testing.assert_array_equal(np.asarray(out["comp_rgb"]), 1.0)
     assert np.isfinite(float(g))
 
 
-def test_buffer_overflow_is_reported():
+def test_fair_share_is_the_round_robin_prefix():
+    rng = np.random.default_rng(0)
+    mask = rng.random((37, 23)) < rng.random((37, 1))
+    for budget in (0, 5, 37, 60, 150, int(mask.sum()), int(mask.sum()) + 10):
+        keep, _ = fair_share(jnp.asarray(mask), budget)
+        # NumPy: every row's first entry, then every row's second, ... until the budget is spent
+        order = sorted((rank, row) for row in range(mask.shape[0])
+                       for rank in range(mask[row].sum()))[:budget]
+        want = np.zeros_like(mask)
+        for rank, row in order:
+            want[row, np.flatnonzero(mask[row])[rank]] = True
+        np.testing.assert_array_equal(np.asarray(keep), want, err_msg=f"budget {budget}")
+
+
+def sphere_density(x):
+    return jnp.where(jnp.sum(x**2, -1) < SPHERE_RADIUS**2, 200.0, 0.0)
+
+
+SPHERE_RADIUS = 0.6
+
+
+def test_opaque_body_under_a_tiny_budget_keeps_every_ray_opaque_at_its_entry():
+    """About 2 samples per ray where the rays cross ~300 steps: rays are cut from the far end,
+    so each ray through the body still gets the samples at its entry."""
+    c2w = look_at(jnp.array([3.0, 0.4, 0.6]), jnp.zeros(3), jnp.array([0.0, 0.0, 1.0]))
+    o, d = generate_rays(c2w, jnp.deg2rad(25.0), 24, 24)
+    n = o.shape[0]
+    tight = MarchConfig(max_samples=2 * n, max_candidates=8 * n, max_rounds=64)
+    field = make_field(sphere_density)
+    updated, _ = update_grid(init_grid(), jax.random.PRNGKey(0), sphere_density, 0,
+                             step_size=tight.step_size)
+    o_np, d_np = np.asarray(o, np.float64), np.asarray(d, np.float64)
+    closest = np.linalg.norm(o_np - np.sum(o_np * d_np, -1, keepdims=True) * d_np, axis=-1)
+    through = closest < 0.8 * SPHERE_RADIUS
+    entry = -np.sum(o_np * d_np, -1) - np.sqrt(np.maximum(SPHERE_RADIUS**2 - closest**2, 0.0))
+    assert through.sum() > n // 4
+    # One cell along any direction (its diagonal): a grid update reads one random point per
+    # cell, so a cell the surface crosses may be marked empty and the entry move to the next.
+    cell = np.sqrt(3.0) * 4.0 / 32
+    for grid in (init_grid(), updated):
+        out = jax.jit(lambda o, d: render_field(None, o, d, grid, field, tight, stratified=False,
+                                                background="white"))(o, d)
+        opacity, depth = np.asarray(out["opacity"]), np.asarray(out["depth"])
+        assert np.all(opacity[through] >= 0.9)
+        assert np.all(np.abs(depth[through] / opacity[through] - entry[through]) < cell)
+        assert int(out["num_samples"]) <= 2 * n
+        # rays were cut, but only behind what was already opaque
+        assert float(out["truncated_rays"]) > 0 and float(out["open_truncated_rays"]) == 0
+        assert int(out["dropped_samples"]) > 0
+
+
+def test_cut_rays_are_measured_and_the_complete_render_cuts_none():
     o, d = camera_rays()
-    small = MarchConfig(max_samples=256, max_candidates=2**17, alpha_threshold=0.0,
-                        early_stop_eps=0.0)
-    out = render_field(None, o, d, init_grid(), make_field(blob_density), small,
-                       stratified=False, background="white")
-    assert bool(out["overflow"]) and int(out["num_samples"]) == 256
+    field = make_field(blob_density)
+    ample = render_field(None, o, d, init_grid(), field, RELEASE, stratified=False,
+                         background="white")
+    assert float(ample["truncated_rays"]) == 0
+    # a sample buffer far too small: cut from the far end, every ray with samples keeps its first
+    # ones and none renders empty
+    small = MarchConfig(max_samples=1024, max_candidates=2**17, max_rounds=2)
+    out = render_field(None, o, d, init_grid(), field, small, stratified=False,
+                       background="white")
+    assert int(out["num_samples"]) == 1024 and int(out["dropped_samples"]) > 0
+    assert 0 < float(out["open_truncated_rays"]) <= float(out["truncated_rays"])
     assert np.all(np.isfinite(np.asarray(out["comp_rgb"])))
-    tiny_candidates = MarchConfig(max_samples=256, max_candidates=512)
-    out = render_field(None, o, d, init_grid(), make_field(blob_density), tiny_candidates,
+    assert np.all(np.asarray(out["opacity"])[np.asarray(ample["opacity"]) > 0] > 0)
+    # too few pruning rounds: the rays not evaluated to the end are counted as cut
+    few = MarchConfig(max_samples=256, max_candidates=1024, max_rounds=2)
+    out = render_field(None, o, d, init_grid(), field, few, stratified=False, background="white")
+    assert int(out["rounds"]) == 2 and int(out["num_candidates"]) == 2048
+    assert float(out["open_truncated_rays"]) > 0.5
+    # the complete render resumes cut rays pass after pass and equals the uncut render
+    complete = jax.jit(lambda o, d: render_field_complete(o, d, init_grid(), field, few))(o, d)
+    assert int(complete["passes"]) > 1 and float(complete["truncated_rays"]) == 0
+    for key in ("comp_rgb", "opacity", "depth", "comp_normal"):
+        np.testing.assert_allclose(np.asarray(complete[key]), np.asarray(ample[key]), atol=1e-4,
+                                   err_msg=key)
+    both = render_composite_complete(o, d, init_grid(), field, make_field(box_density), few)
+    plain = render_composite(None, o, d, init_grid(), field, make_field(box_density), RELEASE,
+                             stratified=False, background="white")
+    assert float(plain["truncated_rays"]) == 0
+    np.testing.assert_allclose(np.asarray(both["comp_rgb"]), np.asarray(plain["comp_rgb"]),
+                               atol=1e-4)
+
+
+def test_a_fresh_grid_keeps_the_configured_alpha_threshold():
+    o, d = camera_rays()
+    out = render_field(None, o, d, init_grid(), make_field(box_density), RELEASE,
                        stratified=False, background="white")
-    assert bool(out["overflow"]) and int(out["num_candidates"]) > 512
+    # without the fix mean(occs) = 0 made the threshold 0 and every empty step a sample
+    assert int(out["num_samples"]) < 0.2 * int(out["num_candidates"])
+    check_images(out, dense_reference(o, d, np_alpha(np_box), np_colour), 1e-3, (1, 1, 1))
 
 
 def test_nan_density_is_zeroed_and_flagged():
