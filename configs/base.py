@@ -5,11 +5,12 @@ gives the shared defaults (a standing guide body and generic prompts) so the bas
 """
 import ml_collections
 
+# The person of the base config and the demo (sitting_on_a_chair's); each scene names its own.
 PERSON = "a person in a military uniform"
 
 
 def prompts(obj, interaction, person=PERSON):
-    """The release's four prompts: object, human, interaction, head."""
+    """The release's four prompts (SPEC 2.6): object, human, interaction, head."""
     return ml_collections.ConfigDict(
         dict(
             object=f"a photo of {obj}, 8K, HD",
@@ -43,7 +44,7 @@ def get_config():
         dict(
             kind="if",
             model_dir="",
-            dtype="bfloat16",
+            dtype="float16",
             guidance_scale=20.0,
             min_step_percent=0.02,
             max_step_percent=0.98,
@@ -153,17 +154,22 @@ def get_config():
         )
     )
 
+    # mesh_threshold: "release" (SPEC 2.6), "auto" or a density level (nerf/mesh.py). The run ends
+    # with interfusion_jax.metrics on metrics_views test views and a metrics_grid^3 grid.
     c.test = ml_collections.ConfigDict(
-        dict(views=180, resolution=512, fps=30, mesh_resolution=128, mesh_format="obj")
+        dict(views=180, resolution=512, fps=30, mesh_resolution=128, mesh_format="obj",
+             mesh_threshold="release", metrics_views=8, metrics_grid=128)
     )
     return c
 
 
-def scene_config(name, obj, interaction, pose, mode="default", distance_range=None, shape_weights=None):
-    """A release scene: the base with its prompts, guide pose and the few numbers that differ."""
+def scene_config(name, obj, interaction, pose, person=PERSON, mode="default", distance_range=None,
+                 shape_weights=None):
+    """A release scene (SPEC 2.6): the base with its prompts (object, person, interaction text),
+    guide pose, guide-body mode and the numbers that differ (camera distances, shape_weights)."""
     c = get_config()
     c.name = name
-    c.prompts = prompts(obj, interaction)
+    c.prompts = prompts(obj, interaction, person)
     c.body.pose = pose
     c.body.mode = mode
     if distance_range is not None:
@@ -171,4 +177,3 @@ def scene_config(name, obj, interaction, pose, mode="default", distance_range=No
     if shape_weights is not None:
         c.loss.shape_weights = tuple(shape_weights)
     return c
-

@@ -1,11 +1,19 @@
-"""Release scene: riding a bike."""
+"""Release scene: riding a bike (SPEC 2.6).
+
+The values of the release's InterGen/configs/interfusion-if/riding_a_bike.yaml. Its guide pose is a
+file of the release's own runs, not shipped, so a built-in preset stands in.
+"""
 from configs.base import scene_config
 
 
 def get_config():
     return scene_config(
-        'riding_a_bike',
-        'a bike',
-        'riding a bike',
-        'preset:riding',
+        "riding_a_bike",
+        "a bike",
+        "riding a bike",
+        "preset:riding",
+        person="a man with a full beard wearing a flannel shirt",
+        mode="default",
+        distance_range=(2.5, 3.0),
+        shape_weights=(0.001, 0.01, 0.1),
     )

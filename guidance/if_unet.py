@@ -251,6 +251,25 @@ class TimestepEmbedding(nn.Module):
         return x if self.post_act_fn is None else _ACTIVATIONS[self.post_act_fn](x)
 
 
+def attend(q, k, v, implementation=None):
+    """softmax(q kᵀ / sqrt(d_head)) v: q [B,T,N,H], k and v [B,S,N,H] -> [B,T,N,H] in v's dtype.
+
+    implementation "cudnn": jax.nn.dot_product_attention's cuDNN kernel. None or "xla": XLA
+    einsums with float32 logits and softmax, as jax's XLA path computes them but without the dot
+    algorithm it sets for 16-bit inputs: for float16 that is F16_F16_F32, which CPUs reject and on
+    which XLA's GPU simplifier aborts when it turns a one-query product (the text pooling) into a
+    multiply-reduce ("Unsupported dot precision algorithm: 4").
+    """
+    if implementation == "cudnn":
+        return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+    if implementation not in (None, "xla"):
+        raise ValueError(f"attention implementation {implementation!r}: expected None, 'xla' or "
+                         "'cudnn'")
+    logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32)
+    weights = jax.nn.softmax(logits / math.sqrt(q.shape[-1]), axis=-1)
+    return jnp.einsum("bnts,bsnh->btnh", weights.astype(v.dtype), v)
+
+
 class AttentionPooling(nn.Module):
     """IF's attention pooling of the text tokens into one vector: [B, L, D] -> [B, D]."""
     num_heads: int
@@ -269,8 +288,7 @@ class AttentionPooling(nn.Module):
         heads = lambda t: t.reshape(b, t.shape[1], self.num_heads, d // self.num_heads)
         q = heads(dense("q_proj")(class_token))
         k, v = heads(dense("k_proj")(tokens)), heads(dense("v_proj")(tokens))
-        out = jax.nn.dot_product_attention(q, k, v)  # scale 1/sqrt(d_head), softmax in float32
-        return out.reshape(b, d)
+        return attend(q, k, v).reshape(b, d)
 
 
 class TextTimeEmbedding(nn.Module):
@@ -358,7 +376,7 @@ class AddedKVAttention(nn.Module):
         if not self.only_cross_attention:
             k = jnp.concatenate([k, split(dense(inner, "to_k")(h))], axis=1)
             v = jnp.concatenate([v, split(dense(inner, "to_v")(h))], axis=1)
-        out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
+        out = attend(q, k, v, self.attention_impl)
         out = dense(c, "to_out_0")(out.reshape(b, hgt * wid, inner))
         return out.reshape(x.shape) + x
 
@@ -423,7 +441,7 @@ class UNetBlock(nn.Module):
 class IFUNet(nn.Module):
     """IF UNet: (sample [B,H,W,C], timesteps [B], encoder_hidden_states [B,L,D], class_labels [B]|None)
     -> [B,H,W,out_channels]. class_labels is stage II's noise-augmentation level (class_embed_type
-    "timestep"). attention_impl is passed to jax.nn.dot_product_attention (None, "xla" or "cudnn")."""
+    "timestep"). attention_impl is `attend`'s implementation (None, "xla" or "cudnn")."""
     config: IFUNetConfig
     dtype: Any = jnp.float32
     attention_impl: str | None = None

@@ -6,6 +6,7 @@ chunks under `lax.map`, so one compiled function serves any image size, with the
 of nerf.render: no ray of an evaluation image is cut short.
 """
 import os
+import sys
 
 import imageio.v2 as imageio
 import jax
@@ -93,16 +94,20 @@ def save_test(render, state, cfg, out_dir):
 
 
 def export_meshes(state, model, cfg, out_dir):
-    """Marching-cubes meshes of the object and human fields, coloured by albedo."""
+    """Marching-cubes meshes of the object and human fields, coloured by albedo, at the level rule
+    `test.mesh_threshold` (nerf.mesh); each field's level is logged to stderr. The release exports
+    the human only."""
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     for name in FIELDS:
         field_params = state.params[name]["field"]
         density = jax.jit(model.density_fn(state.params[name]))
         albedo = jax.jit(lambda x, p=field_params: model.field.apply(p, x)["albedo"])
-        mesh = extract_mesh(density, albedo, cfg.field.radius, resolution=cfg.test.mesh_resolution)
+        mesh = extract_mesh(density, albedo, cfg.field.radius, resolution=cfg.test.mesh_resolution,
+                            threshold=cfg.test.mesh_threshold)
+        print(f"[interfusion] mesh {name}: density threshold {mesh.metadata['threshold']:.4g} "
+              f"({cfg.test.mesh_threshold}), {len(mesh.faces)} faces", file=sys.stderr)
         path = os.path.join(out_dir, f"{name}.{cfg.test.mesh_format}")
         export_mesh(mesh, path)
         paths.append(path)
     return paths
-

@@ -9,6 +9,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from pose import guide_body, load_body, load_pose
+
 VIEWS = ("object", "human", "interaction", "head")
 # What each view shows: its field(s), and the parts of a reference scene.
 VIEW_PARTS = (("object",), ("human",), ("object", "human"), ("human",))
@@ -36,6 +38,13 @@ def view_shading(views, part, v):
     """The Shading that field `part` ("object" or "human") drew in view v."""
     stacked = views.object_shading if part == "object" else views.human_shading
     return jax.tree_util.tree_map(lambda a: a[v], stacked)
+
+
+def run_body(cfg):
+    """The run's body model and its guide body (SPEC 2.1) from the `body` config block."""
+    # The release's guide body (num_pca_comps=12) has SMPL-X's mean hand pose, not flat hands.
+    body = load_body(cfg.body.body_model or None, flat_hand_mean=False)
+    return body, guide_body(body, load_pose(cfg.body.pose), cfg.body.mode)
 
 
 def view_offsets(center, head):

@@ -18,15 +18,16 @@ from interfusion_jax.checkpoint import restore_checkpoint, save_checkpoint
 from interfusion_jax.config import exit_on_config_error, parse_config, save_config
 from interfusion_jax.evaluate import export_meshes, make_eval_renderer, save_test, save_validation
 from interfusion_jax.guidance_setup import setup_guidance
-from interfusion_jax.scene import object_center
+from interfusion_jax.metrics import Run, run_metrics
+from interfusion_jax.scene import object_center, run_body
 from interfusion_jax.train_step import init_state, make_scene_model, make_train_step
-from pose import BodyPrior, guide_body, load_body, load_pose
+from pose import BodyPrior
+from pose.atomic_io import save_text
 
 
 def build(cfg, key):
     """Config -> (scene model, initial state, guidance)."""
-    body = load_body(cfg.body.body_model or None)
-    gb = guide_body(body, load_pose(cfg.body.pose), cfg.body.mode)
+    body, gb = run_body(cfg)
     prior = BodyPrior.build(gb.vertices, gb.faces, bound=cfg.field.radius,
                             resolution=cfg.body.prior_resolution)
     k_state, k_guidance = jax.random.split(key)
@@ -119,6 +120,11 @@ def train(cfg):
     test_render = make_eval_renderer(model, cfg.test.resolution, cfg.material.ambient_only_steps)
     videos = save_test(test_render, state, cfg, os.path.join(out_dir, "test"))
     meshes = export_meshes(state, model, cfg, os.path.join(out_dir, "mesh"))
+    body, guide = run_body(cfg)
+    scores = run_metrics(Run(cfg, model, state, guide, body), views=cfg.test.metrics_views,
+                         grid_resolution=cfg.test.metrics_grid)
+    save_text(os.path.join(out_dir, "metrics.json"), json.dumps(scores, indent=2) + "\n")
+    print(f"[interfusion] metrics: {json.dumps(scores)}", file=sys.stderr)
     print(f"[interfusion] wrote {out_dir}: {', '.join(os.path.relpath(p, out_dir) for p in videos + meshes)}",
           file=sys.stderr)
     return out_dir

@@ -1,10 +1,17 @@
-"""Meshes from a density field: marching cubes on a grid over the box, albedo vertex colours.
+"""Meshes from a density field: marching cubes on a grid, albedo vertex colours.
 
-Threshold rule (threshold=None): threestudio's `isosurface_threshold: "auto"` as the release runs
-it (no coarse-to-fine pass): the level is mean + 5 · std of the density over the grid vertices.
-This picks out the dense object over a thin low-density haze; it suits objects filling a small part
-of the box (up to a few percent of its volume). For a large object that level can exceed the
-largest density; then the level is ln 2 / step, where one grid step of the mesh grid is half opaque.
+Threshold rules (`extract_mesh`'s threshold):
+- "release": the release's (threestudio `isosurface` with `isosurface_threshold: auto`, coarse to
+  fine, outliers removed; SPEC 2.6). The level is the mean of the grid's densities above 1e-5; a
+  first mesh on the whole box gives a tight box, grown by 10% of its size on each side (within the
+  box), and a second pass on a grid of the same resolution there, with the level taken anew from
+  that grid, gives the mesh. Each pass drops the connected components with fewer faces than 1% of
+  the largest one's. The release's marching tetrahedra are marching cubes here.
+- "auto": this project's rule, one pass over the box: mean + 5 · std of the densities. This picks
+  out the dense object over a thin low-density haze; it suits objects filling a small part of the
+  box (up to a few percent of its volume). For a large object that level can exceed the largest
+  density; then the level is ln 2 / step, where one grid step of the mesh grid is half opaque.
+- a number: that density level, one pass over the box.
 """
 import os
 import tempfile
@@ -17,6 +24,10 @@ import tqdm
 import trimesh
 
 MESH_FORMATS = (".obj", ".ply", ".glb")
+THRESHOLD_RULES = ("release", "auto")
+RELEASE_EPS = 1e-5  # threestudio's floor of the densities its "auto" level averages
+RELEASE_BOX_MARGIN = 0.1
+RELEASE_MIN_COMPONENT = 0.01
 
 
 def _evaluate(fn, points, chunk, desc):
@@ -30,44 +41,103 @@ def _evaluate(fn, points, chunk, desc):
 
 
 def auto_threshold(density, step):
-    """The level used when `extract_mesh` gets threshold=None (module docstring); `step` is the
-    grid spacing."""
+    """The "auto" level (module docstring); `step` is the grid spacing."""
     level = float(np.mean(density) + 5.0 * np.std(density))
     return level if level < float(np.max(density)) else float(np.log(2.0) / step)
 
 
-def extract_mesh(density_fn, albedo_fn, bound, resolution=128, threshold=None, chunk=2**18):
-    """Marching cubes of `density_fn` on resolution³ vertices spanning [−bound, bound]³.
+def release_threshold(density):
+    """The "release" level: the mean of the densities above 1e-5 (the max when none is)."""
+    above = density[density > RELEASE_EPS]
+    return float(above.mean()) if above.size else float(density.max())
 
-    density_fn: points [M,3] -> density [M]; albedo_fn: points [M,3] -> rgb [M,3] in [0,1] (or None
-    for no colours). Both are jittable and called on chunks of `chunk` points. threshold: the
-    density level of the surface, or None for the rule in the module docstring.
-    Returns a trimesh.Trimesh in scene coordinates with outward faces and RGBA vertex colours.
-    """
-    axis = np.linspace(-bound, bound, resolution, dtype=np.float32)
-    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+
+def parse_threshold(threshold):
+    """"release", "auto", or a number (also as text, e.g. from a config) -> that rule or a float."""
+    if isinstance(threshold, str) and threshold in THRESHOLD_RULES:
+        return threshold
+    try:
+        return float(threshold)
+    except (TypeError, ValueError):
+        raise ValueError(f"nerf.mesh: threshold {threshold!r} is neither one of "
+                         f"{', '.join(THRESHOLD_RULES)} nor a number") from None
+
+
+def remove_small_components(mesh, fraction=RELEASE_MIN_COMPONENT):
+    """`mesh` without its connected components of fewer faces than `fraction` of the largest's."""
+    parts = mesh.split(only_watertight=False)
+    if len(parts) < 2:
+        return mesh
+    keep = int(max(len(p.faces) for p in parts) * fraction)
+    return trimesh.util.concatenate([p for p in parts if len(p.faces) >= keep])
+
+
+def _density_grid(density_fn, lo, hi, resolution, chunk):
+    """Densities [R,R,R] on resolution³ vertices spanning the box [lo, hi] (lo, hi [3])."""
+    axes = [np.linspace(a, b, resolution, dtype=np.float32) for a, b in zip(lo, hi)]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
     density = _evaluate(density_fn, grid, chunk, "mesh density").reshape((resolution,) * 3)
     if not np.all(np.isfinite(density)):
         raise ValueError(f"nerf.mesh: density grid has {np.sum(~np.isfinite(density))} non-finite "
                          "values; cannot extract a mesh")
-    step = 2.0 * bound / (resolution - 1)
-    level = auto_threshold(density, step) if threshold is None else float(threshold)
-    lo, hi = float(density.min()), float(density.max())
-    if not lo < level < hi:
-        rule = "automatic threshold" if threshold is None else "threshold"
-        state = "empty" if level >= hi else "full"
+    return density
+
+
+def _surface(density, level, lo, hi, rule):
+    """Marching cubes of density [R,R,R] over [lo, hi] at `level` -> trimesh, outward faces."""
+    dmin, dmax = float(density.min()), float(density.max())
+    if not dmin < level < dmax:
+        state = "empty" if level >= dmax else "full"
         raise ValueError(f"nerf.mesh: the density grid is {state} at the {rule} {level:.4g}: "
-                         f"densities span [{lo:.4g}, {hi:.4g}]; pass a threshold inside that range")
-    verts, faces, _, _ = skimage.measure.marching_cubes(density, level=level, spacing=(step,) * 3)
-    verts = (verts - bound).astype(np.float32)
-    colors = None
-    if albedo_fn is not None:
-        rgb = _evaluate(albedo_fn, verts, chunk, "mesh colours")
-        colors = np.concatenate([np.clip(np.round(rgb * 255), 0, 255),
-                                 np.full((len(verts), 1), 255)], -1).astype(np.uint8)
+                         f"densities span [{dmin:.4g}, {dmax:.4g}]; pass a threshold inside that "
+                         "range")
+    spacing = (np.asarray(hi, np.float64) - lo) / (density.shape[0] - 1)
+    verts, faces, _, _ = skimage.measure.marching_cubes(density, level=level,
+                                                        spacing=tuple(spacing))
     # skimage orders faces so that normals point down the gradient (out of the dense object);
     # trimesh takes counter-clockwise faces as outward, which is the reverse winding.
-    return trimesh.Trimesh(vertices=verts, faces=faces[:, ::-1], vertex_colors=colors, process=False)
+    return trimesh.Trimesh(vertices=(verts + lo).astype(np.float32), faces=faces[:, ::-1],
+                           process=False)
+
+
+def _release_pass(density_fn, lo, hi, resolution, chunk):
+    density = _density_grid(density_fn, lo, hi, resolution, chunk)
+    level = release_threshold(density)
+    mesh = _surface(density, level, lo, hi, "release threshold")
+    return remove_small_components(mesh), level
+
+
+def extract_mesh(density_fn, albedo_fn, bound, resolution=128, threshold="release", chunk=2**18):
+    """A surface of `density_fn` in the box [−bound, bound]³ by marching cubes on resolution³
+    vertices.
+
+    density_fn: points [M,3] -> density [M]; albedo_fn: points [M,3] -> rgb [M,3] in [0,1] (or None
+    for no colours). Both are jittable and called on chunks of `chunk` points. threshold: "release",
+    "auto" or a density level (module docstring).
+    Returns a trimesh.Trimesh in scene coordinates with outward faces and RGBA vertex colours; its
+    `metadata["threshold"]` is the level used (the second pass's, for "release").
+    """
+    threshold = parse_threshold(threshold)
+    box_lo, box_hi = np.full(3, -bound, np.float64), np.full(3, bound, np.float64)
+    if threshold == "release":
+        coarse, _ = _release_pass(density_fn, box_lo, box_hi, resolution, chunk)
+        vmin, vmax = coarse.vertices.min(0), coarse.vertices.max(0)
+        margin = RELEASE_BOX_MARGIN * (vmax - vmin)
+        lo, hi = np.maximum(vmin - margin, box_lo), np.minimum(vmax + margin, box_hi)
+        mesh, level = _release_pass(density_fn, lo, hi, resolution, chunk)
+    else:
+        density = _density_grid(density_fn, box_lo, box_hi, resolution, chunk)
+        rule = "automatic threshold" if threshold == "auto" else "threshold"
+        level = (auto_threshold(density, 2.0 * bound / (resolution - 1)) if threshold == "auto"
+                 else threshold)
+        mesh = _surface(density, level, box_lo, box_hi, rule)
+    if albedo_fn is not None:
+        rgb = _evaluate(albedo_fn, np.asarray(mesh.vertices, np.float32), chunk, "mesh colours")
+        alpha = np.full((len(rgb), 1), 255)
+        mesh.visual.vertex_colors = np.concatenate(
+            [np.clip(np.round(rgb * 255), 0, 255), alpha], -1).astype(np.uint8)
+    mesh.metadata["threshold"] = level
+    return mesh
 
 
 def export_mesh(mesh, path):

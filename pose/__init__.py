@@ -10,3 +10,5 @@ from pose.presets import PRESETS, get_preset
 from pose.pose_files import PoseFileError, load_pose, read_poses
 from pose.guide_body import GuideBody, body_to_scene, guide_body, scene_to_body
 from pose.body_prior import BodyPrior
+from pose.reference_scene import ReferenceScene, object_mesh, reference_scene
+from pose.mesh_raycast import raycast, render_reference

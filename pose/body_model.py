@@ -1,9 +1,12 @@
 """Linear-blend-skinned body models (SMPL-X and the built-in body) behind one pytree type, in JAX.
 
-The forward pass follows smplx 0.1.28 (`smplx.lbs.lbs`) for an SMPL-X model created with
-`use_pca=False, flat_hand_mean=True`: hands, jaw and eyes at zero rotation, expression zero. Those
-joints' rotations are the identity, so their pose-blend-shape features are exactly zero and only the
-21 body joints' rows of `posedirs` are kept.
+The forward pass follows smplx 0.1.28 (`smplx.lbs.lbs`) for an SMPL-X model whose jaw, eyes, hands
+and expression take no input: jaw and eyes at zero rotation, expression zero, and the hands either
+flat (`flat_hand_mean=True`, zero rotations: the pose stage's renders, SPEC 1.3) or in SMPL-X's mean
+hand pose (`flat_hand_mean=False`: what the release's `num_pca_comps=12` model gives for zero hand
+input, the interaction stage's guide body, SPEC 2.1). Those joints' rotations are fixed, so their
+pose-blend offset is a constant folded into the template at load time and only the 21 body joints'
+rows of `posedirs` are kept.
 """
 import dataclasses
 import os
@@ -26,6 +29,9 @@ BODY_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17
 HEAD_JOINT = 15
 _SMPLX_SHAPE_SPACE_DIM = 300  # official files hold 300 shape + 100 expression components
 _SMPLX_KEYS = ("v_template", "shapedirs", "posedirs", "J_regressor", "kintree_table", "weights", "f")
+_SMPLX_HAND_MEAN_KEYS = ("hands_meanl", "hands_meanr")
+_SMPLX_NUM_JOINTS = 55
+_SMPLX_FIRST_HAND_JOINT = 25  # joints 25..39: left fingers, 40..54: right fingers
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -42,8 +48,10 @@ class _Static:
 class BodyModel:
     """A skinned body: `forward(body_pose [63]) -> (vertices [V,3], joints [J,3])`.
 
-    Leaves: v_template [V,3], shapedirs [V,3,S], j_template [J,3] (rest joints), j_shapedirs [J,3,S]
-    (joint regressor applied to shapedirs), posedirs [P,3V] (P = 189 or 0), weights [V,J].
+    Leaves: v_template [V,3] (with the pose-blend offset of fixed_rots added), shapedirs [V,3,S],
+    j_template [J,3] (rest joints), j_shapedirs [J,3,S] (joint regressor applied to shapedirs),
+    posedirs [P,3V] (P = 189 or 0), weights [V,J], fixed_rots [J-22,3,3] (local rotations of the
+    joints after the 22 body joints: jaw, eyes, fingers; no input poses them).
     Joint 0 is the pelvis and joint 15 the head, in SMPL-X order.
     """
 
@@ -53,6 +61,7 @@ class BodyModel:
     j_shapedirs: jax.Array
     posedirs: jax.Array
     weights: jax.Array
+    fixed_rots: jax.Array
     static: _Static = struct.field(pytree_node=False)
 
     @property
@@ -105,9 +114,7 @@ class BodyModel:
         pose_feature = (rots[1:] - eye).reshape(-1)[: self.posedirs.shape[0]]
         v_posed = v_shaped + (pose_feature @ self.posedirs).reshape(-1, 3)
 
-        num_joints = j_rest.shape[0]
-        # Joints beyond the body's 22 (hands, jaw, eyes) stay at the identity rotation.
-        rots = jnp.concatenate([rots, jnp.broadcast_to(eye, (num_joints - rots.shape[0], 3, 3))], axis=0)
+        rots = jnp.concatenate([rots, self.fixed_rots.astype(dtype)], axis=0)
         glob_rot, glob_trans = _kinematic_chain(rots, j_rest, self.parents)
         # Skinning transform of joint j: x -> G_j (x - j_rest_j) + t_j.
         offsets = glob_trans - jnp.einsum("jab,jb->ja", glob_rot, j_rest)
@@ -142,10 +149,12 @@ def _kinematic_chain(rots, j_rest, parents):
 
 
 def make_body_model(name, v_template, faces, weights, joints, parents, shapedirs=None,
-                    j_shapedirs=None, posedirs=None, vertex_colors=None):
+                    j_shapedirs=None, posedirs=None, vertex_colors=None, fixed_rots=None):
     """Builds a BodyModel from NumPy arrays (float32 on device; faces int32 on host).
 
-    parents must list each joint after its parent (parents[0] = -1).
+    parents must list each joint after its parent (parents[0] = -1). fixed_rots [J-22,3,3]: the
+    rotations of the joints after the 22 body joints (default identity); v_template must already
+    hold their pose-blend offset.
     """
     v_template = np.asarray(v_template, np.float32)
     num_verts, num_joints = v_template.shape[0], len(parents)
@@ -154,6 +163,8 @@ def make_body_model(name, v_template, faces, weights, joints, parents, shapedirs
         j_shapedirs = np.zeros((num_joints, 3, 0), np.float32)
     if posedirs is None:
         posedirs = np.zeros((0, 3 * num_verts), np.float32)
+    if fixed_rots is None:
+        fixed_rots = np.broadcast_to(np.eye(3), (num_joints - 1 - NUM_BODY_JOINTS, 3, 3))
     static = _Static(
         name=name,
         parents=tuple(int(p) for p in parents),
@@ -167,12 +178,18 @@ def make_body_model(name, v_template, faces, weights, joints, parents, shapedirs
         j_shapedirs=jnp.asarray(j_shapedirs, jnp.float32),
         posedirs=jnp.asarray(posedirs, jnp.float32),
         weights=jnp.asarray(weights, jnp.float32),
+        fixed_rots=jnp.asarray(fixed_rots, jnp.float32),
         static=static,
     )
 
 
-def load_smplx(path):
-    """Loads an official SMPL-X model file (`SMPLX_NEUTRAL.npz`) into a BodyModel (55 joints)."""
+def load_smplx(path, flat_hand_mean=True):
+    """Loads an official SMPL-X model file (`SMPLX_NEUTRAL.npz`) into a BodyModel (55 joints).
+
+    flat_hand_mean: True, the fingers at zero rotation (smplx's `flat_hand_mean=True`); False, the
+    fingers in the file's mean hand pose (`hands_meanl`, `hands_meanr`, 45 axis-angle numbers each),
+    as smplx poses them for zero hand input with `flat_hand_mean=False`.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"SMPL-X model file not found: {path} (expected SMPLX_NEUTRAL.npz)")
@@ -180,10 +197,11 @@ def load_smplx(path):
         data = np.load(path, allow_pickle=True)
     except Exception as e:  # np.load raises several types for non-npz input
         raise ValueError(f"{path}: not a readable SMPL-X .npz file ({e})") from e
-    missing = [k for k in _SMPLX_KEYS if k not in data]
+    keys = _SMPLX_KEYS + (() if flat_hand_mean else _SMPLX_HAND_MEAN_KEYS)
+    missing = [k for k in keys if k not in data]
     if missing:
-        raise KeyError(f"{path}: SMPL-X model file lacks key(s) {missing}; expected {list(_SMPLX_KEYS)}")
-    arrays = {k: data[k] for k in _SMPLX_KEYS}
+        raise KeyError(f"{path}: SMPL-X model file lacks key(s) {missing}; expected {list(keys)}")
+    arrays = {k: data[k] for k in keys}
     j_regressor = arrays["J_regressor"]
     if hasattr(j_regressor, "toarray"):  # sparse in the .pkl release
         j_regressor = j_regressor.toarray()
@@ -213,25 +231,56 @@ def load_smplx(path):
     # smplx: 300 shape + 100 expression components, or 10 + 10 in reduced files.
     num_shape = _SMPLX_SHAPE_SPACE_DIM if shapedirs.shape[-1] >= 400 else min(10, shapedirs.shape[-1])
     shapedirs = shapedirs[..., :num_shape]
-    # posedirs rows for the 21 body joints only: the other joints' features are zero (see module doc).
-    posedirs = posedirs.reshape(-1, posedirs.shape[-1]).T[: 9 * NUM_BODY_JOINTS]
+    posedirs = posedirs.reshape(-1, posedirs.shape[-1]).T  # [9 (J-1), 3V]
+    # Joints come from the template without pose-blend offsets, as in smplx.
+    joints = j_regressor @ v_template
+    fixed_rots = None  # identity: flat hands
+    if not flat_hand_mean:
+        fixed_rots, v_template = _mean_hands(path, arrays, num_joints, posedirs, v_template)
     return make_body_model(
         "smplx",
         v_template=v_template,
         faces=np.asarray(arrays["f"]).astype(np.int64),
         weights=weights,
-        joints=j_regressor @ v_template,
+        joints=joints,
         parents=parents,
         shapedirs=shapedirs,
         j_shapedirs=np.einsum("jv,vcs->jcs", j_regressor, shapedirs),
-        posedirs=posedirs,
+        # The body joints' rows only: the other joints' offset is in v_template (module docstring).
+        posedirs=posedirs[: 9 * NUM_BODY_JOINTS],
+        fixed_rots=fixed_rots,
     )
 
 
-def load_body(path_or_none):
-    """The SMPL-X model at `path_or_none`, or the built-in body when it is None or empty."""
+def _mean_hands(path, arrays, num_joints, posedirs, v_template):
+    """SMPL-X's mean hand pose: (fixed_rots [J-22,3,3], v_template [V,3] plus the pose-blend offset
+    of the posed fingers). posedirs [9 (J-1), 3V], all joints' rows."""
+    if num_joints != _SMPLX_NUM_JOINTS:
+        raise ValueError(f"{path}: {num_joints} joints; the mean hand pose needs SMPL-X's "
+                         f"{_SMPLX_NUM_JOINTS}")
+    hands = []
+    for key in _SMPLX_HAND_MEAN_KEYS:
+        mean = np.asarray(arrays[key], np.float64)
+        if mean.size != 45:
+            raise ValueError(f"{path}: key '{key}' has shape {mean.shape}, expected (45,)")
+        hands.append(mean.reshape(15, 3))
+    hand_rots = np.asarray(axis_angle_to_matrix(jnp.asarray(np.concatenate(hands), jnp.float32)),
+                           np.float64)
+    fixed_rots = np.broadcast_to(np.eye(3), (num_joints - 1 - NUM_BODY_JOINTS, 3, 3)).copy()
+    first = _SMPLX_FIRST_HAND_JOINT - 1 - NUM_BODY_JOINTS
+    fixed_rots[first:] = hand_rots
+    # Pose-blend features of joints 1..J-1 are (R_j - I), row-major; the body joints' part varies
+    # with the input, the rest is this constant.
+    features = (fixed_rots - np.eye(3)).reshape(-1)
+    offset = features @ posedirs[9 * NUM_BODY_JOINTS:]
+    return fixed_rots, v_template + offset.reshape(-1, 3)
+
+
+def load_body(path_or_none, flat_hand_mean=True):
+    """The SMPL-X model at `path_or_none` (hands as `load_smplx`'s flat_hand_mean), or the built-in
+    body, with its own hands, when it is None or empty."""
     if not path_or_none:
         from pose.builtin_body import builtin_body
 
         return builtin_body()
-    return load_smplx(path_or_none)
+    return load_smplx(path_or_none, flat_hand_mean)

@@ -9,16 +9,27 @@ f = (H/2) / tan(fov/2); pixel (row i, column j) has its centre at (i + 0.5, j + 
 Rasterisation is a two-pass scatter-min z-buffer. Each triangle is tested against a fixed window of
 K x K pixels at the corner of its projected bounding box (clipped to the image). On the host, faces
 are grouped by the smallest K in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32) that holds their box in every
-view of the batch (static shapes per group); triangles larger than 32 pixels go to a brute-force path
-that tests them against every pixel (a scan over those faces), so nothing is ever dropped, and faces
-that cover no pixel centre in any view are skipped. Pass 1 scatter-mins the depths into a per-view buffer; pass 2 scatter-mins the face
-index among the candidates at that depth (ties go to the lowest face index). A per-pixel pass then
-computes perspective-correct barycentrics of the winning face and shades. Both sides of every face
-are drawn. Faces with a vertex closer than `NEAR` to a camera are skipped in that view: the meshes
-drawn here are always in front of their cameras.
+view of the batch (static shapes per group); triangles larger than 32 pixels go to a brute-force
+path that tests them against every pixel (a scan over those faces), so nothing is ever dropped, and
+faces that cover no pixel centre in any view are skipped. Pass 1 scatter-mins the depths into a
+per-view buffer; pass 2 scatter-mins the face index among the candidates at that depth (ties go to
+the lowest face index). A per-pixel pass then computes perspective-correct barycentrics of the
+winning face and shades. Both sides of every face are drawn. Faces with a vertex closer than `NEAR`
+to a camera are skipped in that view: the meshes drawn here are always in front of their cameras.
+
+Shading: albedo x (ambient + diffuse max(0, n.l)), with n the interpolated vertex normal or the face
+normal, turned towards the camera (so a back face is lit as the side the camera sees). Anti-aliasing
+renders at `supersample` times the size and averages the blocks down. `NEURAL_RENDERER` holds the
+settings of neural_renderer's `Renderer` as the InterFusion release uses it for its codebook (SPEC
+1.3): black background, 2x super-sampling, flat shading with face normals, white ambient 0.5 +
+directional 0.5 light from l = (0, 1, 0) in the world frame, and albedo from per-face texel cubes
+(`neural_renderer_texels`). One difference remains and is the caller's to apply: neural_renderer's
+look_at camera takes its x axis as up x forward, the camera's left, and puts it to the image's
+right, so its images are mirror images of a pinhole camera's; `render_mesh` draws the pinhole view.
 """
 
 import functools
+import itertools
 import math
 
 import jax
@@ -28,17 +39,27 @@ from flax import struct
 
 NEAR = 1e-3
 _WINDOWS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)  # window sizes (pixels); larger faces: brute force
-_AMBIENT = 0.35
-_DIFFUSE = 0.65
 _GREY = 0.75
+_TEXEL_EPS = 1e-3  # neural_renderer's rasterizer eps: keeps a texel lookup's upper corner in range
+# neural_renderer.Renderer's defaults as render_mesh keyword arguments; its camera defaults (a 30
+# degree half-angle, i.e. a 60 degree field of view) belong to the cameras.
+NEURAL_RENDERER = dict(
+    background=0.0,
+    light_dir=(0.0, 1.0, 0.0),
+    ambient=0.5,
+    diffuse=0.5,
+    face_normals=True,
+    supersample=2,
+)
 
 
 @struct.dataclass
 class Cameras:
     """A batch of pinhole cameras.
 
-    eye: [B, 3] camera centres (world). rotation: [B, 3, 3] world->camera rotation whose rows are the
-    camera's right, up and backward axes in world coordinates. focal: [B] focal length in pixels.
+    eye: [B, 3] camera centres (world). rotation: [B, 3, 3] world->camera rotation whose rows are
+    the camera's right, up and backward axes in world coordinates. focal: [B] focal length in
+    pixels.
     """
 
     eye: jnp.ndarray
@@ -56,11 +77,12 @@ def _normalize(v, eps=1e-12):
     return v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), eps)
 
 
+@functools.partial(jax.jit, static_argnames=("size",))
 def look_at_cameras(eye, target, up=(0.0, 1.0, 0.0), fov_deg=60.0, size=224):
     """Cameras at `eye` [B, 3] looking at `target` [B, 3] (or [3]), `up` [3] in world.
 
-    fov_deg: vertical field of view (scalar or [B]). size: int (square) or (height, width). When the
-    viewing direction is parallel to `up`, the world axis least aligned with it serves as up instead.
+    fov_deg: vertical field of view (scalar or [B]). size: int (square) or (height, width). When
+    the viewing direction is parallel to `up`, the world axis least aligned with it serves as up.
     """
     eye = jnp.asarray(eye, jnp.float32)
     target = jnp.broadcast_to(jnp.asarray(target, jnp.float32), eye.shape)
@@ -78,15 +100,16 @@ def look_at_cameras(eye, target, up=(0.0, 1.0, 0.0), fov_deg=60.0, size=224):
     return Cameras(eye=eye, rotation=rotation, focal=focal, height=height, width=width)
 
 
+@functools.partial(jax.jit, static_argnames=("size",))
 def orbit_cameras(
     azimuth_deg, elevation_deg, distance, fov_deg=60.0, size=224, target=(0.0, 0.0, 0.0)
 ):
     """Cameras on a sphere around `target` in the y-up body frame, looking at it with +y up.
 
-    eye = target + distance (cos e sin a, sin e, cos e cos a): azimuth a turns about +y (right-handed),
-    a = 0 puts the camera on +z, facing the front of a body that faces +z; a = 90 puts it on +x (the
-    body's left side); elevation e > 0 looks down from above. azimuth_deg, elevation_deg: [B];
-    distance and fov_deg: scalars or [B].
+    eye = target + distance (cos e sin a, sin e, cos e cos a): azimuth a turns about +y
+    (right-handed), a = 0 puts the camera on +z, facing the front of a body that faces +z; a = 90
+    puts it on +x (the body's left side); elevation e > 0 looks down from above.
+    azimuth_deg, elevation_deg: [B]; distance and fov_deg: scalars or [B].
     """
     az = jnp.deg2rad(jnp.asarray(azimuth_deg, jnp.float32))
     el = jnp.deg2rad(jnp.asarray(elevation_deg, jnp.float32))
@@ -169,7 +192,8 @@ def _pad_pow2(idx):
 def _plan(spans):
     """Host-side grouping of faces by window: each face goes to the smallest window of _WINDOWS that
     holds its pixel box in every view; larger faces go to the brute-force path; faces that cover no
-    pixel centre in any view are dropped. Returns (windows tuple, index arrays tuple, brute index)."""
+    pixel centre in any view are dropped. Returns (windows tuple, index arrays tuple, brute index).
+    """
     windows, groups, lower = [], [], 0
     for k in _WINDOWS:
         idx = np.nonzero((spans > lower) & (spans <= k))[0].astype(np.int32)
@@ -280,8 +304,14 @@ def _vertex_normals(vertices, faces):
     return _normalize(acc)
 
 
+def _face_normals(vertices, faces):
+    """Unit face normals, [F, 3] (the side does not matter: shading turns them to the camera)."""
+    tri = vertices[faces]
+    return _normalize(jnp.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]))
+
+
 def _bilinear(texture, uv):
-    """Sample texture [Ht, Wt, C] at uv [..., 2] (origin bottom-left, v up; clamped at the border)."""
+    """Sample texture [Ht, Wt, C] at uv [..., 2] (origin bottom-left, v up; clamped at borders)."""
     th, tw = texture.shape[:2]
     x = jnp.clip(uv[..., 0] * tw - 0.5, 0, tw - 1)
     y = jnp.clip((1.0 - uv[..., 1]) * th - 0.5, 0, th - 1)
@@ -294,8 +324,58 @@ def _bilinear(texture, uv):
     return top * (1 - wy) + bottom * wy
 
 
-def _shade(vertices, faces, cams, frags, vertex_colors, uv, texture, light_dir, background):
-    """Diffuse + ambient shading of fragments; both sides lit (normals turned to the camera)."""
+@functools.partial(jax.jit, static_argnames=("size",))
+def neural_renderer_texels(uv_faces, image, size=8):
+    """Per-face texel cubes as neural_renderer's `load_obj(..., load_texture=True,
+    texture_size=size)` builds them (wrapping 'REPEAT', bilinear).
+
+    uv_faces: [F, 3, 2] texture coordinates of each face's corners (origin bottom-left, v up).
+    image: [Ht, Wt, 3] albedo in [0, 1], row 0 at the top as a PNG is read.
+    Returns [F, size, size, size, 3]: texel (i, j, k) holds the albedo at the barycentric point
+    (i, j, k) / (i + j + k) of its face (texel (0, 0, 0) at uv (0, 0)); pixel centres sit at
+    u (Wt - 1) and v (Ht - 1), so u = 0 and u = 1 are the centres of the outer columns.
+    """
+    g = jnp.arange(size, dtype=jnp.float32) / (size - 1)
+    w = jnp.stack(jnp.meshgrid(g, g, g, indexing="ij"), axis=-1)
+    total = jnp.sum(w, axis=-1, keepdims=True)
+    w = jnp.where(total > 0, w / jnp.maximum(total, 1e-12), w)
+    uv = jnp.asarray(uv_faces, jnp.float32)
+    # neural_renderer's REPEAT: fmod(x, 1) for x > 0, else 1 + fmod(x, 1); so 0 -> 1 and 1 -> 0.
+    uv = jnp.where(uv > 0, jnp.fmod(uv, 1.0), 1.0 + jnp.fmod(uv, 1.0))
+    pos = jnp.einsum("ijkc,fcd->fijkd", w, uv)
+    img = jnp.asarray(image, jnp.float32)[::-1]  # row 0 = v 0
+    th, tw = img.shape[:2]
+    x, y = pos[..., 0] * (tw - 1), pos[..., 1] * (th - 1)
+    x0, y0 = jnp.floor(x).astype(jnp.int32), jnp.floor(y).astype(jnp.int32)
+    x1, y1 = jnp.minimum(x0 + 1, tw - 1), jnp.minimum(y0 + 1, th - 1)
+    wx, wy = (x - x0)[..., None], (y - y0)[..., None]
+    top = img[y0, x0] * (1 - wx) + img[y0, x1] * wx
+    bottom = img[y1, x0] * (1 - wx) + img[y1, x1] * wx
+    return top * (1 - wy) + bottom * wy
+
+
+def _sample_texels(texels, face, bary):
+    """neural_renderer's texture lookup: trilinear in the texel cube [F, T, T, T, C] of face [...]
+    at (T - 1) x the perspective-correct barycentrics bary [..., 3] -> [..., C]."""
+    t = texels.shape[1]
+    flat = texels.reshape(texels.shape[0], t**3, texels.shape[-1])
+    pos = jnp.clip(bary * (t - 1), 0.0, t - 1 - _TEXEL_EPS)
+    base = jnp.floor(pos).astype(jnp.int32)
+    frac = pos - base
+    out = 0.0
+    for corner in itertools.product((0, 1), repeat=3):
+        c = np.asarray(corner)
+        weight = jnp.prod(jnp.where(c == 1, frac, 1.0 - frac), axis=-1, keepdims=True)
+        idx = base + c
+        out = out + weight * flat[face, (idx[..., 0] * t + idx[..., 1]) * t + idx[..., 2]]
+    return out
+
+
+def _shade(
+    vertices, faces, cams, frags, albedo_src, light, background, ambient, diffuse, face_normals
+):
+    """Ambient + diffuse shading of fragments; both sides lit (normals turned to the camera).
+    albedo_src: dict with one of vertex_colors, (uv, texture) or texels, or none (grey)."""
     b, h, w = frags["mask"].shape
     face = jnp.maximum(frags["face_index"], 0).reshape(b, -1)
     bary = frags["bary"].reshape(b, -1, 3)
@@ -305,35 +385,35 @@ def _shade(vertices, faces, cams, frags, vertex_colors, uv, texture, light_dir, 
         return jnp.sum(corner * bary[..., None], axis=-2)
 
     position = interp(vertices)
-    normal = _normalize(interp(jax.vmap(_vertex_normals, in_axes=(0, None))(vertices, faces)))
+    if face_normals:
+        normal = jax.vmap(lambda v, f: _face_normals(v, faces)[f])(vertices, face)
+    else:
+        normal = _normalize(interp(jax.vmap(_vertex_normals, in_axes=(0, None))(vertices, faces)))
     to_eye = cams.eye[:, None] - position
     normal = jnp.where(jnp.sum(normal * to_eye, -1, keepdims=True) < 0, -normal, normal)
-    if light_dir is None:  # a head light a little above the camera
+    if light is None:  # a head light a little above the camera
         light = _normalize(cams.rotation[:, 2] + 0.5 * cams.rotation[:, 1])
     else:
-        light = _normalize(jnp.broadcast_to(jnp.asarray(light_dir, jnp.float32), (b, 3)))
+        light = _normalize(jnp.broadcast_to(light, (b, 3)))
     lambert = jnp.maximum(jnp.sum(normal * light[:, None], -1, keepdims=True), 0.0)
 
-    if texture is not None:
-        uv = jnp.asarray(uv, jnp.float32)
-        if uv.ndim == 2:
-            corner_uv = uv[faces][face]
-        else:
-            corner_uv = uv[face]
-        albedo = _bilinear(
-            jnp.asarray(texture, jnp.float32), jnp.sum(corner_uv * bary[..., None], -2)
-        )
-    elif vertex_colors is not None:
-        albedo = interp(vertex_colors)
+    if "texels" in albedo_src:
+        albedo = _sample_texels(albedo_src["texels"], face, bary)
+    elif "texture" in albedo_src:
+        uv = albedo_src["uv"]
+        corner_uv = uv[faces][face] if uv.ndim == 2 else uv[face]
+        albedo = _bilinear(albedo_src["texture"], jnp.sum(corner_uv * bary[..., None], -2))
+    elif "vertex_colors" in albedo_src:
+        albedo = interp(albedo_src["vertex_colors"])
     else:
         albedo = jnp.full(position.shape, _GREY)
-    color = jnp.clip(albedo * (_AMBIENT + _DIFFUSE * lambert), 0.0, 1.0)
-    bg = jnp.broadcast_to(jnp.asarray(background, jnp.float32), (3,))
+    color = jnp.clip(albedo * (ambient + diffuse * lambert), 0.0, 1.0)
+    bg = jnp.broadcast_to(background, (3,))
     color = jnp.where(frags["mask"].reshape(b, -1, 1), color, bg)
     return color.reshape(b, h, w, 3)
 
 
-def _check_inputs(vertices, faces, cams, vertex_colors, uv, texture):
+def _check_inputs(vertices, faces, cams, vertex_colors, uv, texture, texels, supersample):
     if vertices.ndim != 3 or vertices.shape[-1] != 3:
         raise ValueError(f"render_mesh: vertices must be [V, 3] or [B, V, 3], got {vertices.shape}")
     if faces.ndim != 2 or faces.shape[-1] != 3:
@@ -347,12 +427,23 @@ def _check_inputs(vertices, faces, cams, vertex_colors, uv, texture):
         )
     if (uv is None) != (texture is None):
         raise ValueError("render_mesh: a UV texture needs both `uv` and `texture`")
+    if sum(x is not None for x in (vertex_colors, texture, texels)) > 1:
+        raise ValueError("render_mesh: give one of vertex_colors, uv + texture or texels")
     if uv is not None:
         uv_shape = np.shape(uv)
         if uv_shape not in ((vertices.shape[1], 2), (faces.shape[0], 3, 2)):
             raise ValueError(f"render_mesh: uv must be [V, 2] or [F, 3, 2], got {uv_shape}")
         if np.ndim(texture) != 3 or np.shape(texture)[-1] != 3:
             raise ValueError(f"render_mesh: texture must be [Ht, Wt, 3], got {np.shape(texture)}")
+    if texels is not None:
+        ts = np.shape(texels)
+        if len(ts) != 5 or ts[0] != faces.shape[0] or not ts[1] == ts[2] == ts[3] > 1 or ts[4] != 3:
+            raise ValueError(
+                f"render_mesh: texels must be [F, T, T, T, 3] with F = {faces.shape[0]}, T > 1, "
+                f"got {ts}"
+            )
+    if not (isinstance(supersample, int) and supersample >= 1):
+        raise ValueError(f"render_mesh: supersample must be a positive int, got {supersample!r}")
 
 
 def _prepare(vertices, faces, cams, vertex_colors):
@@ -367,37 +458,65 @@ def _prepare(vertices, faces, cams, vertex_colors):
     return vertices, faces, vertex_colors
 
 
+def _scaled(cams, factor):
+    """The same cameras with `factor` x the pixels along each side (same field of view)."""
+    if factor == 1:
+        return cams
+    return Cameras(
+        eye=cams.eye,
+        rotation=cams.rotation,
+        focal=cams.focal * factor,
+        height=cams.height * factor,
+        width=cams.width * factor,
+    )
+
+
 def _take(tree, lo, hi, size):
     """Views lo..hi of a batched pytree, padded to `size` by repeating the last view."""
     idx = np.minimum(np.arange(lo, lo + size), hi - 1)
     return jax.tree_util.tree_map(lambda x: x[idx], tree)
 
 
-@functools.partial(jax.jit, static_argnames=("windows", "shade"))
+@functools.partial(jax.jit, static_argnames=("windows", "shade", "face_normals", "supersample"))
 def _render_chunk(
     vertices,
     faces,
     cams,
-    vertex_colors,
-    uv,
-    texture,
-    light_dir,
+    albedo_src,
+    light,
     background,
+    ambient,
+    diffuse,
     windows,
     groups,
     brute,
     shade,
+    face_normals,
+    supersample,
 ):
     frags = _fragments(vertices, faces, cams, windows, groups, brute)
     if not shade:
         return frags
-    image = _shade(vertices, faces, cams, frags, vertex_colors, uv, texture, light_dir, background)
-    return dict(image=image, mask=frags["mask"])
+    image = _shade(
+        vertices, faces, cams, frags, albedo_src, light, background, ambient, diffuse, face_normals
+    )
+    mask = frags["mask"]
+    if supersample > 1:  # average each supersample x supersample block (box filter)
+        b, h, w = mask.shape
+        s = supersample
+        image = image.reshape(b, h // s, s, w // s, s, 3).mean(axis=(2, 4))
+        mask = mask.reshape(b, h // s, s, w // s, s).any(axis=(2, 4))
+    return dict(image=image, mask=mask)
 
 
-def _run(vertices, faces, cams, vertex_colors, uv, texture, light_dir, background, chunk, shade):
+def _run(vertices, faces, cams, albedo, light_dir, background, shading, chunk, shade):
+    """albedo: (vertex_colors, uv, texture, texels); shading: (ambient, diffuse, face_normals,
+    supersample)."""
+    vertex_colors, uv, texture, texels = albedo
+    ambient, diffuse, face_normals, supersample = shading
     vertices, faces, vertex_colors = _prepare(vertices, faces, cams, vertex_colors)
-    _check_inputs(vertices, faces, cams, vertex_colors, uv, texture)
+    _check_inputs(vertices, faces, cams, vertex_colors, uv, texture, texels, supersample)
+    cams = _scaled(cams, supersample)
     total = cams.batch
     chunk = total if chunk is None else min(chunk, total)
     spans = np.zeros(faces.shape[0], np.int32)
@@ -407,24 +526,32 @@ def _run(vertices, faces, cams, vertex_colors, uv, texture, light_dir, backgroun
     windows, groups, brute = _plan(spans)
     groups = tuple(jnp.asarray(g) for g in groups)
     light = None if light_dir is None else jnp.asarray(light_dir, jnp.float32)
+    shared = {}  # albedo arrays that are the same for every view
+    if uv is not None:
+        shared = dict(uv=jnp.asarray(uv, jnp.float32), texture=jnp.asarray(texture, jnp.float32))
+    elif texels is not None:
+        shared = dict(texels=jnp.asarray(texels, jnp.float32))
     outs = []
     for lo in range(0, total, chunk):
         hi = min(lo + chunk, total)
         v, c, vc = _take((vertices, cams, vertex_colors), lo, hi, chunk)
         lt = light if light is None or light.ndim == 1 else _take(light, lo, hi, chunk)
+        src = dict(shared) if vc is None else dict(vertex_colors=vc)
         out = _render_chunk(
             v,
             faces,
             c,
-            vc,
-            uv,
-            texture,
+            src,
             lt,
             jnp.asarray(background, jnp.float32),
+            jnp.float32(ambient),
+            jnp.float32(diffuse),
             windows,
             groups,
             jnp.asarray(brute),
             shade,
+            face_normals,
+            supersample,
         )
         outs.append(jax.tree_util.tree_map(lambda x, n=hi - lo: x[:n], out))
     if len(outs) == 1:
@@ -436,7 +563,8 @@ def rasterize(vertices, faces, cameras, chunk=256):
     """Visibility only: dict of face_index [B, H, W] int32 (-1 = background), bary [B, H, W, 3]
     (perspective-correct barycentrics of the visible face), depth [B, H, W] (inf = background) and
     mask [B, H, W] bool. vertices: [V, 3] (shared by all views) or [B, V, 3]; faces: [F, 3]."""
-    return _run(vertices, faces, cameras, None, None, None, None, 1.0, chunk, shade=False)
+    albedo = (None, None, None, None)
+    return _run(vertices, faces, cameras, albedo, None, 1.0, (0, 0, False, 1), chunk, shade=False)
 
 
 def render_mesh(
@@ -446,29 +574,38 @@ def render_mesh(
     vertex_colors=None,
     uv=None,
     texture=None,
+    texels=None,
     background=1.0,
     light_dir=None,
+    ambient=0.35,
+    diffuse=0.65,
+    face_normals=False,
+    supersample=1,
     chunk=256,
 ):
-    """Shaded images of a mesh: dict image [B, H, W, 3] float32 in [0, 1] and mask [B, H, W] bool.
+    """Shaded images of a mesh: dict image [B, H, W, 3] float32 in [0, 1] and mask [B, H, W] bool
+    (True where any sample of the pixel is covered).
 
-    vertices: [V, 3] or [B, V, 3]; faces: [F, 3]. Albedo: `texture` [Ht, Wt, 3] sampled bilinearly at
-    `uv` ([V, 2] or per face corner [F, 3, 2]; origin at the texture's bottom-left) when given, else
-    `vertex_colors` ([V, 3] or [B, V, 3]) interpolated, else grey. Shading: albedo x (0.35 + 0.65
-    max(0, n.l)) with interpolated vertex normals; light_dir [3] or [B, 3] points towards the light
-    (world frame); None = a head light slightly above each camera. background: scalar or RGB.
-    chunk: views rendered per jitted call, which bounds memory for thousands of views (the last
-    chunk is padded, so every chunk shares one compilation; None = all views at once).
+    vertices: [V, 3] or [B, V, 3]; faces: [F, 3]. Albedo, at most one of: `texture` [Ht, Wt, 3]
+    sampled bilinearly at `uv` ([V, 2] or per face corner [F, 3, 2]; origin at the texture's
+    bottom-left) interpolated per pixel; `texels` [F, T, T, T, 3], neural_renderer's per-face texel
+    cubes (`neural_renderer_texels`); `vertex_colors` ([V, 3] or [B, V, 3]) interpolated; else
+    grey. Shading: albedo x (ambient + diffuse max(0, n.l)), n the interpolated vertex normal or,
+    with face_normals, the face's; light_dir [3] or [B, 3] points towards the light (world frame);
+    None = a head light slightly above each camera. background: scalar or RGB. supersample: render
+    at this many times the cameras' size and average down (anti-aliasing). `NEURAL_RENDERER` holds
+    neural_renderer's settings of these arguments. chunk: views rendered per jitted call, which
+    bounds memory for thousands of views (the last chunk is padded, so every chunk shares one
+    compilation; None = all views at once).
     """
     return _run(
         vertices,
         faces,
         cameras,
-        vertex_colors,
-        uv,
-        texture,
+        (vertex_colors, uv, texture, texels),
         light_dir,
         background,
+        (ambient, diffuse, face_normals, supersample),
         chunk,
         shade=True,
     )

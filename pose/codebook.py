@@ -5,10 +5,20 @@ The codebook file is an `.npz` with `poses` [K, 63] (axis-angle body poses), `fe
 clustering, seed). The command-line steps (`pose.gen_codebook`, `pose.gen_pose`,
 `pose.import_codebook`) are thin wrappers over this module.
 
-Render frame (SPEC 1.3): the release renders SMPL-X with global_orient (pi/2, 0, 0) in
-neural_renderer's own frame; what it amounts to is an upright body seen from the front, the sides and
-the back. In our y-up body frame that is global_orient 0 (the body faces +z), translation putting
-the rest-pose pelvis at the origin, and `orbit_cameras` at azimuths 0/90/180/270 (0 = front).
+Render frame (SPEC 1.3): the release poses SMPL-X with global_orient (pi/2, 0, 0) and the rest-pose
+pelvis at the origin, then multiplies the vertices (rows) by [[1, 0, 0], [0, 0, -1], [0, 1, 0]],
+which undoes that rotation: neural_renderer's world frame is the body's own y-up frame, the body
+facing +z. Here that is global_orient 0 and the same translation. The release's eyes at azimuths
+0/90/180/270 (neural_renderer: (d cos e sin a, d sin e, -d cos e cos a)) are the eyes of
+`orbit_cameras` at 180/90/0/270, the same four; the features average over views, so order is moot.
+
+Look (`body_render.NEURAL_RENDERER`): black background, 2x super-sampling, face normals, white
+ambient 0.5 + directional 0.5 light from +y of the body frame (neural_renderer lights the faces in
+its world frame, before its look-at transform); albedo from the SMPL-X UV texture's texel cubes when
+given (`gen_codebook --texture`), else the flat `FLAT_ALBEDO`. neural_renderer's look_at images are
+mirror images (its camera x axis is up x forward, the camera's left, drawn to the right), so
+`pose_features` flips the renders left-right before CLIP when `Views.mirror` (default) is set;
+`render_views` itself returns camera-true images, for display.
 """
 import dataclasses
 import json
@@ -28,6 +38,10 @@ AZIMUTHS = (0.0, 90.0, 180.0, 270.0)
 DISTANCE = 2.7
 ELEVATION_STD_DEG = 0.3
 FOV_DEG = 60.0
+TEXEL_SIZE = 8  # texels along each edge of a face's texel cube (the release's texture_size)
+# The release textures its renders with a skin albedo map; without one, a flat light skin tone
+# keeps them reading to CLIP as a person of about the same overall colour.
+FLAT_ALBEDO = (0.8, 0.62, 0.52)
 QUERY_TEMPLATE = "a rendered 3d man is {}"
 PRE_TOPK = 40
 
@@ -101,6 +115,7 @@ def cluster_poses(poses, num_clusters, vposer=None, seed=0):
     return np.asarray(rot6d_to_axis_angle(jnp.asarray(centres).reshape(-1, 21, 6))).reshape(-1, 63), space
 
 
+@jax.jit  # one compilation per chunk shape instead of op-by-op dispatch of the skinning
 def posed_vertices(body, poses):
     """poses [N, 63] -> vertices [N, V, 3], joints [N, J, 3]: global_orient 0, rest-pose pelvis at
     the origin (see the module docstring)."""
@@ -111,13 +126,15 @@ def posed_vertices(body, poses):
 
 @dataclasses.dataclass(frozen=True)
 class Views:
-    """Camera set-up of the codebook renders (SPEC 1.3)."""
+    """Camera set-up of the codebook renders (SPEC 1.3). mirror: CLIP sees the renders flipped
+    left-right, as neural_renderer draws them (see the module docstring)."""
 
     azimuths: tuple = AZIMUTHS
     distance: float = DISTANCE
     elevation_std_deg: float = ELEVATION_STD_DEG
     fov_deg: float = FOV_DEG
     size: int = 224
+    mirror: bool = True
 
     def cameras(self, pose_ids, seed):
         """Cameras for len(pose_ids) x len(azimuths) views (pose-major); elevations ~ N(0, std) drawn
@@ -131,21 +148,27 @@ class Views:
         return orbit_cameras(az, el, self.distance, fov_deg=self.fov_deg, size=self.size)
 
 
-def render_views(body, poses, views, pose_ids, seed=0):
-    """poses [N, 63] -> images [N, len(views.azimuths), S, S, 3] in [0, 1], masks [N, views, S, S],
-    joints [N, J, 3] and the cameras (pose-major)."""
-    from pose.body_render import render_mesh
+def render_views(body, poses, views, pose_ids, seed=0, texels=None):
+    """poses [N, 63] -> images [N, len(views.azimuths), S, S, 3] in [0, 1] (camera-true, not
+    mirrored), masks [N, views, S, S], joints [N, J, 3] and the cameras (pose-major), in the
+    release's look. texels: [F, T, T, T, 3] albedo texel cubes of body.faces
+    (`body_render.neural_renderer_texels`); None = FLAT_ALBEDO."""
+    from pose.body_render import NEURAL_RENDERER, render_mesh
 
     verts, joints = posed_vertices(body, poses)
     nv = len(views.azimuths)
     cams = views.cameras(pose_ids, seed)
-    out = render_mesh(jnp.repeat(verts, nv, axis=0), body.faces, cams, vertex_colors=body.vertex_colors)
+    flat = None if texels is not None else np.broadcast_to(np.float32(FLAT_ALBEDO), verts.shape[1:])
+    out = render_mesh(jnp.repeat(verts, nv, axis=0), body.faces, cams, vertex_colors=flat,
+                      texels=texels, **NEURAL_RENDERER)
     shape = (len(poses), nv) + out["image"].shape[1:]
     return out["image"].reshape(shape), out["mask"].reshape(shape[:-1]), joints, cams
 
 
-def pose_features(body, clip, poses, views, seed=0, chunk=64, done=None, on_chunk=None, desc="codebook"):
-    """poses [K, 63] -> CLIP features [K, D], the mean over views of the raw image features.
+def pose_features(body, clip, poses, views, seed=0, chunk=64, done=None, on_chunk=None,
+                  desc="codebook", texels=None):
+    """poses [K, 63] -> CLIP features [K, D], the mean over views of the raw image features of the
+    renders (`render_views`; flipped left-right when views.mirror). texels: see render_views.
 
     Runs in chunks of `chunk` poses (the last one padded, so every chunk shares one compilation).
     Resumable: `done` [R, D] holds the features of the first R poses; on_chunk(features_so_far)
@@ -162,7 +185,9 @@ def pose_features(body, clip, poses, views, seed=0, chunk=64, done=None, on_chun
         for lo in range(start, k, chunk):
             hi = min(lo + chunk, k)
             ids = np.minimum(np.arange(lo, lo + chunk), k - 1)
-            images = render_views(body, poses[ids], views, ids, seed)[0]
+            images = render_views(body, poses[ids], views, ids, seed, texels)[0]
+            if views.mirror:
+                images = images[:, :, :, ::-1]
             f = clip.image_features(images.reshape((-1,) + images.shape[2:]))
             feats[lo:hi] = np.asarray(f.reshape(chunk, -1, f.shape[-1]).mean(axis=1))[: hi - lo]
             bar.update(hi - lo)

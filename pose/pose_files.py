@@ -4,8 +4,9 @@ Accepted:
   - `.npy` array of shape (63,), (1, 63) or (72,); 72 numbers are 24 SMPL joints, of which the root
     and the two hand joints are dropped (numbers 3..65 kept);
   - `.npy` holding a pickled dict (PIXIE/ICON output) whose 'pose' is the body pose in 6D, with
-    trailing shape (126,) or (21, 6) after any leading axes; the release pickles torch tensors there,
-    so that one format needs torch importable;
+    trailing shape (126,) or (21, 6) after any leading axes, or 24 joints, (144,) or (24, 6), which
+    are converted and then sliced as the 72 numbers above (the release's `load_pose`); the release
+    pickles torch tensors there, so that one format needs torch importable;
   - `.npz` with an N x 63 'poses' array.
 """
 import os
@@ -16,7 +17,10 @@ from pose.presets import get_preset
 from pose.rotations import rot6d_to_axis_angle
 
 _ACCEPTED = ("(63,), (1, 63) or (72,) arrays in .npy; a pickled dict in .npy with a 6D 'pose' of "
-             "trailing shape (126,) or (21, 6); an .npz with 'poses' of shape (N, 63)")
+             "trailing shape (126,), (21, 6), (144,) or (24, 6); an .npz with 'poses' of shape "
+             "(N, 63)")
+# 6D poses: joints given -> the axis-angle numbers kept (24 joints: drop the root and the hands).
+_6D_JOINTS = {21: slice(0, 63), 24: slice(3, 66)}
 
 
 class PoseFileError(ValueError):
@@ -46,13 +50,14 @@ def _from_6d(path, record):
         raise PoseFileError(f"{path}: pickled dict has no 'pose' key (keys: {sorted(record)}); "
                             f"accepted: {_ACCEPTED}")
     pose6d = _to_numpy(record["pose"])
-    if pose6d.shape[-1:] == (126,):
-        pose6d = pose6d.reshape(-1, 21, 6)
-    elif pose6d.shape[-2:] != (21, 6):
+    shape = pose6d.shape
+    joints = next((n for n in _6D_JOINTS if shape[-1:] == (6 * n,) or shape[-2:] == (n, 6)), None)
+    if joints is None:
         raise PoseFileError(f"{path}: 6D 'pose' has shape {pose6d.shape}; accepted: {_ACCEPTED}")
     import jax.numpy as jnp
 
-    return np.asarray(rot6d_to_axis_angle(jnp.asarray(pose6d.reshape(-1, 21, 6)))).reshape(-1, 63)
+    axis_angle = rot6d_to_axis_angle(jnp.asarray(pose6d.reshape(-1, joints, 6)))
+    return np.asarray(axis_angle).reshape(-1, 3 * joints)[:, _6D_JOINTS[joints]]
 
 
 def read_poses(path):

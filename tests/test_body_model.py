@@ -5,6 +5,7 @@ import jax
 import numpy as np
 import pytest
 import trimesh
+from scipy.spatial.transform import Rotation
 
 from pose.body_model import BODY_JOINT_NAMES, load_body, load_smplx
 from pose.builtin_body import builtin_body
@@ -55,6 +56,55 @@ def test_smplx_loader_errors(tmp_path):
         load_smplx(os.path.join(FIXTURE, "SMPLX_NEUTRAL.npz")).forward(np.zeros((2, 63)))
     with pytest.raises(ValueError, match="betas"):
         load_smplx(os.path.join(FIXTURE, "SMPLX_NEUTRAL.npz")).forward(np.zeros(63), betas=np.zeros(301))
+
+
+def _numpy_smplx(data, body_pose, hand_pose):
+    """Independent NumPy SMPL-X LBS (smplx.lbs.lbs, betas 0): body_pose [63], hand_pose [90] (left
+    then right fingers, axis-angle), jaw and eyes at zero -> vertices [V,3]."""
+    parents = np.asarray(data["kintree_table"])[0].astype(np.int64)
+    full = np.zeros((55, 3))
+    full[1:22], full[25:] = body_pose.reshape(21, 3), hand_pose.reshape(30, 3)
+    rots = Rotation.from_rotvec(full).as_matrix()
+    v_template = data["v_template"].astype(np.float64)
+    joints = data["J_regressor"] @ v_template
+    feature = (rots[1:] - np.eye(3)).reshape(-1)
+    v_posed = v_template + np.einsum("vck,k->vc", data["posedirs"], feature)
+    world = np.zeros((55, 4, 4))
+    for j in range(55):
+        local = np.eye(4)
+        local[:3, :3] = rots[j]
+        local[:3, 3] = joints[j] - (joints[parents[j]] if j else 0.0)
+        world[j] = world[parents[j]] @ local if j else local
+    skin = world.copy()
+    skin[:, :3, 3] -= np.einsum("jab,jb->ja", world[:, :3, :3], joints)
+    per_vertex = np.einsum("vj,jab->vab", data["weights"], skin)
+    return np.einsum("vab,vb->va", per_vertex[:, :3, :3], v_posed) + per_vertex[:, :3, 3]
+
+
+def test_smplx_mean_hand_pose_poses_the_fingers():
+    path = os.path.join(FIXTURE, "SMPLX_NEUTRAL.npz")
+    with np.load(path) as f:
+        data = {k: f[k] for k in f.files}
+    pose = np.random.default_rng(3).normal(size=63).astype(np.float32) * 0.4
+    mean_hands = np.concatenate([data["hands_meanl"], data["hands_meanr"]])
+    assert np.abs(mean_hands).max() > 0.1  # the fixture's hands are far from flat
+    flat = np.asarray(_forward(load_smplx(path), pose)[0])
+    relaxed = np.asarray(_forward(load_smplx(path, flat_hand_mean=False), pose)[0])
+    np.testing.assert_allclose(flat, _numpy_smplx(data, pose, np.zeros(90)), atol=1e-5)
+    np.testing.assert_allclose(relaxed, _numpy_smplx(data, pose, mean_hands), atol=1e-5)
+    assert np.abs(relaxed - flat).max() > 0.05
+    # The built-in body has no finger joints: it keeps its own hands either way.
+    builtin = [np.asarray(_forward(load_body(None, flat_hand_mean=f), pose)[0]) for f in (True, False)]
+    np.testing.assert_array_equal(builtin[0], builtin[1])
+
+
+def test_smplx_mean_hand_pose_needs_its_keys(tmp_path):
+    with np.load(os.path.join(FIXTURE, "SMPLX_NEUTRAL.npz")) as data:
+        arrays = {k: data[k] for k in data.files if k != "hands_meanr"}
+    np.savez(tmp_path / "SMPLX_NEUTRAL.npz", **arrays)
+    load_smplx(tmp_path / "SMPLX_NEUTRAL.npz")  # flat hands do not need it
+    with pytest.raises(KeyError, match="hands_meanr"):
+        load_smplx(tmp_path / "SMPLX_NEUTRAL.npz", flat_hand_mean=False)
 
 
 @pytest.fixture(scope="module")

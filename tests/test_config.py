@@ -35,18 +35,6 @@ def test_config_loads_and_resolves(path, tmp_path):
     assert load_config(str(out)).to_dict() == c.to_dict()
 
 
-def test_scene_specific_values_follow_the_release():
-    chair = load_config(_path("sitting_on_a_chair"))
-    assert chair.body.mode == "aug_rot"
-    assert chair.prompts.object == "a photo of a chair, 8K, HD"
-    assert chair.prompts.human == "a photo of a person in a military uniform, 8K, HD"
-    assert chair.prompts.head == "a photo of head of a person in a military uniform, 8K, HD"
-    assert tuple(chair.loss.shape_weights) == (0.001, 0.01, 0.1)
-    assert load_config(_path("jumping_a_skateboard")).body.mode == "aug_trans"
-    assert tuple(load_config(_path("reading_a_laptop")).camera.distance_range) == (2.0, 2.7)
-    assert tuple(load_config(_path("riding_a_bike")).camera.distance_range) == (2.5, 3.0)
-
-
 def test_overrides_apply_with_their_types():
     c = load_config(_path("riding_a_bike"), ["train.max_steps=7", "camera.fovy_range=(30.0,60.0)",
                                              "body.pose=results/top_0.npy"])

@@ -9,6 +9,7 @@ import os
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
@@ -30,6 +31,32 @@ def test_matches_diffusers_reference(stage):
     assert out.shape == expected.shape
     assert np.linalg.norm(out - expected) / np.linalg.norm(expected) < 1e-4
     assert np.abs(out - expected).max() < 1e-4 * np.abs(expected).max()
+
+
+def test_half_precisions_run_and_float16_is_the_closer_to_float32():
+    model_dir = os.path.join(FIXTURES, "stage1")
+    ref = np.load(os.path.join(model_dir, "reference.npz"))
+    inputs = (ref["sample_nhwc"], ref["timesteps"], ref["encoder_hidden_states"])
+    expected = ref["output_nhwc"]  # diffusers in float32, which our float32 matches to 1e-4
+    rel = {}
+    for dtype in (jnp.bfloat16, jnp.float16):
+        module, params = load_if_unet(model_dir, dtype=dtype)
+        out = jax.jit(module.apply)({"params": params}, *inputs)
+        assert out.dtype == dtype
+        rel[dtype] = np.linalg.norm(np.asarray(out, np.float32) - expected) / np.linalg.norm(expected)
+    # 11 mantissa bits against bfloat16's 8: float16's rounding error is about 8x smaller.
+    assert rel[jnp.float16] < 5e-3 and rel[jnp.float16] < rel[jnp.bfloat16] / 3, rel
+
+
+def test_float16_unet_sets_no_dot_algorithm():
+    # jax.nn.dot_product_attention's XLA path sets the dot algorithm F16_F16_F32 for float16: CPUs
+    # reject it, and XLA's GPU simplifier aborts on it in the text pooling's one-query product
+    # ("Unsupported dot precision algorithm: 4"). The UNet's attention leaves it unset.
+    module, params = load_if_unet(os.path.join(FIXTURES, "stage1"), dtype=jnp.float16)
+    ref = np.load(os.path.join(FIXTURES, "stage1", "reference.npz"))
+    text = jax.jit(module.apply).lower({"params": params}, ref["sample_nhwc"], ref["timesteps"],
+                                        ref["encoder_hidden_states"]).as_text()
+    assert "dot_general" in text and "algorithm" not in text
 
 
 def test_unet_folder_and_explicit_variant_load_the_same_weights():

@@ -16,9 +16,9 @@ def _random_poses(n, seed=0):
 
 
 def _to_6d(poses):
-    """[N, 63] axis-angle -> [N, 21, 6]: first two matrix columns, [3, 2] row-major (PIXIE's layout)."""
+    """[N, 3J] axis-angle -> [N, J, 6]: first two matrix columns, [3, 2] row-major (PIXIE's)."""
     mats = Rotation.from_rotvec(poses.reshape(-1, 3)).as_matrix()
-    return mats[:, :, :2].reshape(len(poses), 21, 6).astype(np.float32)
+    return mats[:, :, :2].reshape(len(poses), -1, 6).astype(np.float32)
 
 
 def test_plain_npy_layouts(tmp_path):
@@ -48,6 +48,14 @@ def test_pickled_dict_with_6d_pose(tmp_path, shape):
     np.save(tmp_path / "img.npy", np.array(record, dtype=object), allow_pickle=True)
     got = read_poses(tmp_path / "img.npy")
     np.testing.assert_allclose(got, poses, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, 24, 6), (144,)])
+def test_pickled_dict_with_24_joint_6d_pose_is_sliced_as_the_release(tmp_path, shape):
+    smpl72 = _random_poses(2, seed=4).reshape(-1)[:72]  # root, 21 body joints, two hand joints
+    record = {"pose": _to_6d(smpl72[None]).reshape(shape)}
+    np.save(tmp_path / "img.npy", np.array(record, dtype=object), allow_pickle=True)
+    np.testing.assert_allclose(read_poses(tmp_path / "img.npy"), smpl72[None, 3:66], atol=1e-5)
 
 
 class _FakeTensor:

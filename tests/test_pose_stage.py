@@ -17,6 +17,7 @@ from pose.clip_model import load_clip
 FIX = os.path.join(os.path.dirname(__file__), "fixtures")
 CLIP = os.path.join(FIX, "clip")
 VPOSER = os.path.join(FIX, "vposer", "tiny.npz")
+SMPLX = os.path.join(FIX, "smplx", "SMPLX_NEUTRAL.npz")
 SIZE = 64
 
 
@@ -141,6 +142,39 @@ def test_renders_cover_projected_joints(built):
         assert m[v].mean() < 0.5  # the whole body is in frame, not filling it
 
 
+def _texture_folder(folder, faces, num_vertices, rgb):
+    """A folder laid out as the release's smplx_uv: an .obj whose faces are `faces` with random
+    texture coordinates, and a flat albedo PNG of colour rgb (uint8)."""
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    lines = ["v 0 0 0"] * num_vertices
+    lines += [f"vt {u:.5f} {v:.5f}" for u, v in rng.uniform(0.05, 0.95, (num_vertices, 2))]
+    lines += ["f " + " ".join(f"{i + 1}/{i + 1}" for i in face) for face in faces]
+    (folder / "smplx_uv.obj").write_text("\n".join(lines) + "\n")
+    Image.fromarray(np.full((16, 16, 3), rgb, np.uint8)).save(folder / "f_02_alb.002.png")
+    return folder
+
+
+def test_texture_flag(pose_set, tmp_path):
+    """--texture: the codebook records it, and the renders take their albedo from it. (At 32 px:
+    the fixture SMPL-X's faces are coarse, and larger renders send many to the slow brute-force
+    path.)"""
+    from pose.body_model import load_body
+
+    body = load_body(SMPLX)
+    tex = _texture_folder(tmp_path / "smplx_uv", body.faces, len(body.v_template), (200, 0, 0))
+    out = tmp_path / "textured.npz"
+    gen_codebook.main(["--poses", str(pose_set[0]), "--out", str(out), "--cluster_size", "4",
+                       "--clip", CLIP, "--size", "32", "--chunk", "4", "--body", SMPLX,
+                       "--texture", str(tex)])
+    poses, features, meta = cb.load_codebook(str(out))
+    assert meta["settings"]["texture"] == str(tex) and np.isfinite(features).all()
+    texels = gen_codebook.read_texture(str(tex), body.faces)
+    images, masks = cb.render_views(body, poses, cb.Views(size=32), np.arange(4), texels=texels)[:2]
+    body_px = np.asarray(images)[np.asarray(masks)]
+    assert body_px[:, 0].max() > 0.5 and np.abs(body_px[:, 1:]).max() < 1e-6  # red albedo only
+
+
 def test_gen_pose_outputs(built, tmp_path):
     out = tmp_path / "q"
     out.mkdir()
@@ -234,6 +268,19 @@ def test_bad_inputs(tmp_path, built):
     msg = _cli_error(gen_codebook.main, ["--poses", str(small), "--out", str(tmp_path / "c.npz"), "--clip", CLIP,
                                          "--cluster_size", "16"])
     assert "--cluster_size 16" in msg and "10" in msg
+
+    base = ["--poses", str(small), "--out", str(tmp_path / "c.npz"), "--clip", CLIP,
+            "--cluster_size", "4"]
+    msg = _cli_error(gen_codebook.main, base + ["--texture", str(tmp_path / "nouv")])
+    assert "--texture" in msg and "nouv" in msg and "smplx_uv.obj" in msg
+    tex = _texture_folder(tmp_path / "uv", [[0, 1, 2]], 3, (200, 0, 0))
+    os.remove(tex / "f_02_alb.002.png")
+    msg = _cli_error(gen_codebook.main, base + ["--texture", str(tex)])
+    assert "--texture" in msg and "no f_02_alb.002.png" in msg
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tex / "f_02_alb.002.png")
+    msg = _cli_error(gen_codebook.main, base + ["--texture", str(tex)])  # the built-in body
+    assert "--texture" in msg and "smplx_uv.obj" in msg and "1 faces" in msg
+    assert "SMPLX_NEUTRAL" in msg
 
     poses, features, meta = cb.load_codebook(str(built))
     other = tmp_path / "other_dim.npz"

@@ -193,6 +193,11 @@ def test_composite_matches_per_ray_reference_and_isolates_gradients():
         assert np.all(np.asarray(grads[name]) == 0), name
     for name in ("o", "o_c", "o_bg"):
         assert np.any(np.asarray(grads[name]) != 0), name
+    # as in the release, the human's background trains when the composite shows it; the human's
+    # field still does not
+    grads = jax.grad(lambda p: jnp.sum(render(p, "human")["comp_rgb"]))(params)
+    assert np.any(np.asarray(grads["h_bg"]) != 0)
+    assert float(grads["h"]) == 0 and float(grads["h_c"]) == 0
 
 
 def test_composite_grid_uses_both_densities():
