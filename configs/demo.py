@@ -17,14 +17,14 @@ def get_config():
     c.name = "demo"
     c.body.prior_resolution = 64
     c.field.update(dict(n_levels=8, log2_hashmap_size=14, per_level_scale=1.5, mlp_hidden=32))
-    c.render.update(dict(width=32, height=32, num_steps_per_diagonal=256, max_samples=2**15,
-                         max_candidates=2**17))
+    c.render.update(dict(width=24, height=24, num_steps_per_diagonal=256, max_samples=2**14,
+                         max_candidates=2**16))
     # The release's schedules compressed to the demo's length.
-    c.train.update(dict(max_steps=400, val_every=100, val_views=2, object_center_every=100,
+    c.train.update(dict(max_steps=300, val_every=100, val_views=2, object_center_every=100,
                         object_center_resolution=64))
-    c.material.ambient_only_steps = 200
-    c.loss.object_sds_ramp_every = 40
-    c.loss.lambda_orient = (0, 10.0, 1000.0, 200)
+    c.material.ambient_only_steps = 150
+    c.loss.object_sds_ramp_every = 30
+    c.loss.lambda_orient = (0, 10.0, 1000.0, 150)
     c.test.update(dict(views=24, resolution=96, fps=12, mesh_resolution=64, metrics_views=4,
                        metrics_grid=64))
     return c

@@ -188,7 +188,8 @@ def test_cli_names_a_missing_run_dir_config_or_checkpoint(tmp_path, capsys):
 def test_reference_metrics_follow_the_config():
     from interfusion_jax.config import load_config
 
-    demo = os.path.join(ROOT, "configs", "demo.py")
-    assert not m.has_reference(load_config(demo))
-    assert m.has_reference(load_config(demo, ["reference.object_mesh=builtin:chair"]))
-    assert m.has_reference(load_config(demo, ["guidance.kind=reference"]))
+    base = os.path.join(ROOT, "configs", "base.py")
+    assert not m.has_reference(load_config(base))
+    assert m.has_reference(load_config(base, ["reference.object_mesh=builtin:chair"]))
+    assert m.has_reference(load_config(base, ["guidance.kind=reference"]))
+    assert m.has_reference(load_config(os.path.join(ROOT, "configs", "demo.py")))
