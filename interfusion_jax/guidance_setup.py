@@ -150,8 +150,11 @@ def _reference_guidance(cfg, guide, body_colors):
         unet_fn = ideal_denoiser(targets, ddpm_alphas_cumprod())
         return _sds(cfg, unet_fn, key, images, no_text, no_text[0], step)
 
-    description = (f"reference guidance: the ideal denoiser of the guide body with "
-                   f"{cfg.reference.object_mesh} ({len(scene.faces)} faces), no diffusion model")
+    description = (f"reference guidance, no diffusion model: this run reconstructs a known scene "
+                   f"(the guide body with {cfg.reference.object_mesh}, {len(scene.faces)} faces) "
+                   "through the full interaction pipeline. Text-to-3D with DeepFloyd IF weights: "
+                   "python -m interfusion_jax.train --config configs/sitting_on_a_chair.py "
+                   "--config.guidance.model_dir=weights/IF-I-XL-v1.0")
     return Guidance(loss, dict(scene=jax.tree_util.tree_map(jnp.asarray, scene)), description)
 
 
