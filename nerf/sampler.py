@@ -184,17 +184,20 @@ def _prune(candidates, point_of, density_fn, trans0, thresh, march):
     column = jnp.arange(m, dtype=jnp.int32)
     dt = march.step_size
 
-    def open_rays(pos, ray_trans):
-        left = candidates & (column[None, :] >= pos[:, None])
-        return left & (ray_trans >= march.early_stop_eps)[:, None]
+    # Per ray, not per step: a ray is open while it has candidates at or after pos and light left.
+    last_candidate = jnp.max(jnp.where(candidates, column[None, :], -1), axis=1)
+
+    def open_ray(pos, ray_trans):
+        return (pos <= last_candidate) & (ray_trans >= march.early_stop_eps)
 
     def cond(carry):
         rounds, pos, ray_trans = carry[:3]
-        return (rounds < march.max_rounds) & jnp.any(open_rays(pos, ray_trans))
+        return (rounds < march.max_rounds) & jnp.any(open_ray(pos, ray_trans))
 
     def body(carry):
         rounds, pos, ray_trans, kept, trans, evaluated, nan_count = carry
-        take, _ = fair_share(open_rays(pos, ray_trans), march.max_candidates)
+        left = candidates & (column[None, :] >= pos[:, None]) & open_ray(pos, ray_trans)[:, None]
+        take, _ = fair_share(left, march.max_candidates)
         flat, valid, _ = compact(take.reshape(-1), march.max_candidates)
         ray = jnp.where(valid, flat // m, num_rays)
         col = flat % m
@@ -217,7 +220,7 @@ def _prune(candidates, point_of, density_fn, trans0, thresh, march):
              jnp.ones((num_rays, m)), zero, zero)
     rounds, pos, ray_trans, kept, trans, evaluated, nan_count = jax.lax.while_loop(
         cond, body, carry)
-    unfinished = jnp.any(open_rays(pos, ray_trans), axis=1)
+    unfinished = open_ray(pos, ray_trans)
     return kept, trans, ray_trans, jnp.where(unfinished, pos, m), evaluated, nan_count, rounds
 
 
