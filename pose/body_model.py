@@ -26,7 +26,6 @@ BODY_JOINT_NAMES = (
     "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
 )
 BODY_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19)
-HEAD_JOINT = 15
 _SMPLX_SHAPE_SPACE_DIM = 300  # official files hold 300 shape + 100 expression components
 _SMPLX_KEYS = ("v_template", "shapedirs", "posedirs", "J_regressor", "kintree_table", "weights", "f")
 _SMPLX_HAND_MEAN_KEYS = ("hands_meanl", "hands_meanr")

@@ -43,7 +43,11 @@ TEXEL_SIZE = 8  # texels along each edge of a face's texel cube (the release's t
 # keeps them reading to CLIP as a person of about the same overall colour.
 FLAT_ALBEDO = (0.8, 0.62, 0.52)
 QUERY_TEMPLATE = "a rendered 3d man is {}"
+# Retrieval's optional near-duplicate filter (off unless asked for, as in the release): it looks
+# through the PRE_TOPK best-scoring poses and drops each one whose mean absolute difference (over
+# the 63 axis-angle numbers) to a better-ranked kept pose is at most DEDUP_THRESHOLD.
 PRE_TOPK = 40
+DEDUP_THRESHOLD = 0.07
 
 
 class PoseStageError(Exception):
@@ -203,12 +207,37 @@ def cosine_scores(features, query):
     return f @ q
 
 
-def retrieve(features, query, topk, pre_topk=PRE_TOPK):
-    """-> (indices [topk], scores [topk]) in descending score: the release's top pre_topk, first topk."""
+def suppress_near_duplicates(poses, threshold=DEDUP_THRESHOLD):
+    """poses [N, 63] in rank order -> indices of the poses kept, in that order. Greedy, as the
+    release's `suppress_duplicated_poses`: a pose is kept when its mean absolute difference to
+    every pose kept before it exceeds `threshold`; the first pose is always kept."""
+    poses = np.asarray(poses, np.float64).reshape(len(poses), -1)
+    kept = []
+    for i, pose in enumerate(poses):
+        if not kept or np.abs(poses[kept] - pose).mean(axis=1).min() > threshold:
+            kept.append(i)
+    return np.asarray(kept, np.int64)
+
+
+def retrieve(features, query, topk, poses=None, dedup_threshold=None, pre_topk=PRE_TOPK):
+    """-> (indices, scores) of the codebook poses best matching `query`, in descending cosine score.
+
+    Without `dedup_threshold`: the topk best. With it (needs the codebook `poses` [K, 63]): the
+    release's optional near-duplicate filter (`suppress_near_duplicates`) runs over the pre_topk
+    best (at most K) and the first topk survivors are returned; fewer when fewer survive.
+    """
     k = len(features)
     if topk > k:
         raise PoseStageError(f"--topk {topk} is larger than the codebook ({k} poses)")
     scores = cosine_scores(np.asarray(features, np.float64), np.asarray(query, np.float64))
-    order = np.argsort(-scores, kind="stable")[: max(min(pre_topk, k), topk)][:topk]
+    order = np.argsort(-scores, kind="stable")
+    if dedup_threshold is None:
+        order = order[:topk]
+    else:
+        if poses is None or len(poses) != k:
+            raise ValueError(f"retrieve: the near-duplicate filter needs the codebook's {k} poses")
+        if pre_topk < topk:
+            raise PoseStageError(f"--pre_topk {pre_topk} is smaller than --topk {topk}")
+        order = order[:min(pre_topk, k)]
+        order = order[suppress_near_duplicates(np.asarray(poses)[order], dedup_threshold)][:topk]
     return order, scores[order]
-

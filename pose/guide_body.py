@@ -1,26 +1,23 @@
 """The guide body of the interaction stage in the scene frame (SPEC 2.1).
 
-Scene frame: z up (threestudio). Body frame: SMPL-X, y up. Points go scene -> body by
-(x, y, z)_body = (y, z, x)_scene and body -> scene by (x, y, z)_scene = (z, x, y)_body.
+Scene frame: z up (threestudio). Body frame: SMPL-X, y up. Points go body -> scene by
+(x, y, z)_scene = (z, x, y)_body (the inverse map, scene -> body, is (x, y, z)_body = (y, z, x)_scene).
 """
 
 from typing import NamedTuple
 
 import numpy as np
 
+from pose.body_model import BODY_JOINT_NAMES
+
 MODES = ("default", "aug_rot", "aug_trans")
-HEAD_JOINT = 15
+HEAD_JOINT = BODY_JOINT_NAMES.index("head")  # 15 in SMPL-X's joint order
 _AUG_ROT_ORIENT = (-np.pi / 6, 0.0, 0.0)
 
 
 def body_to_scene(points):
     """[..., 3] body frame -> scene frame."""
     return points[..., [2, 0, 1]]
-
-
-def scene_to_body(points):
-    """[..., 3] scene frame -> body frame."""
-    return points[..., [1, 2, 0]]
 
 
 class GuideBody(NamedTuple):

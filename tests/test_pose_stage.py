@@ -133,7 +133,10 @@ def test_renders_cover_projected_joints(built):
     eye, rot, focal = np.asarray(cams.eye), np.asarray(cams.rotation), np.asarray(cams.focal)
     m = masks.reshape(-1, SIZE, SIZE)
     grown = m.copy()  # one pixel of slack: thin limbs at 64 px
-    grown[:, 1:] |= m[:, :-1]; grown[:, :-1] |= m[:, 1:]; grown[:, :, 1:] |= m[:, :, :-1]; grown[:, :, :-1] |= m[:, :, 1:]
+    grown[:, 1:] |= m[:, :-1]
+    grown[:, :-1] |= m[:, 1:]
+    grown[:, :, 1:] |= m[:, :, :-1]
+    grown[:, :, :-1] |= m[:, :, 1:]
     for v in range(len(m)):
         c = (joints[v // 4] - eye[v]) @ rot[v].T
         u = SIZE / 2 + focal[v] * c[:, 0] / -c[:, 2]
@@ -201,6 +204,82 @@ def test_gen_pose_outputs(built, tmp_path):
     assert not (out / "top_3.npy").exists()
     strip = np.asarray(Image.open(out / "strip.png"))
     assert strip.shape[1] >= 3 * 224 and strip.shape[0] >= 224
+
+
+def _near_duplicate_codebook(rng, query, k=12):
+    """Poses [k, 63] and features [k, D] whose cosine score against `query` falls with the row and
+    whose rows come in near-duplicate pairs: row 2i + 1 is row 2i moved by 0.01 per number (mean
+    absolute difference 0.01, under the filter's 0.07), scoring a little lower; distinct pairs
+    differ by about 1.1 per number."""
+    base = rng.normal(0.0, 1.0, (k // 2, 63))
+    poses = np.repeat(base, 2, axis=0)
+    poses[1::2] += 0.01 * rng.choice([-1.0, 1.0], (k // 2, 63))
+    q = np.asarray(query, np.float64) / np.linalg.norm(query)
+    other = rng.normal(size=(k, len(q)))
+    other -= np.outer(other @ q, q)  # orthogonal to the query
+    other /= np.linalg.norm(other, axis=1, keepdims=True)
+    cos = 0.9 - 0.05 * np.arange(k) - 0.01 * (np.arange(k) % 2)
+    features = cos[:, None] * q + np.sqrt(1.0 - cos**2)[:, None] * other
+    return poses.astype(np.float32), features.astype(np.float32)
+
+
+def test_near_duplicate_filter():
+    """The release's optional filter: greedy in rank order over the pre_topk best, a pose whose mean
+    absolute difference to a kept one is at most the threshold is dropped."""
+    rng = np.random.default_rng(0)
+    query = rng.normal(size=16)
+    poses, features = _near_duplicate_codebook(rng, query)
+    idx, scores = cb.retrieve(features, query, 4)
+    assert list(idx) == [0, 1, 2, 3]  # off: the near-duplicates 1 and 3 stay
+    assert np.all(np.diff(scores) < 0)
+    idx, scores = cb.retrieve(features, query, 4, poses=poses, dedup_threshold=cb.DEDUP_THRESHOLD)
+    assert list(idx) == [0, 2, 4, 6]
+    np.testing.assert_allclose(scores, cb.cosine_scores(features, query)[idx], rtol=1e-6)
+    # Only the pre_topk best are looked through: 5 candidates hold 3 distinct poses.
+    idx, _ = cb.retrieve(features, query, 4, poses=poses, dedup_threshold=0.07, pre_topk=5)
+    assert list(idx) == [0, 2, 4]
+    # A threshold below the duplicates' difference keeps them.
+    assert list(cb.retrieve(features, query, 4, poses=poses, dedup_threshold=0.005)[0]) == [0, 1, 2, 3]
+    # A difference equal to the threshold is a duplicate; only kept poses count (the third pose is
+    # 0.125 from the dropped second one, 0.375 from the kept first one).
+    assert list(cb.suppress_near_duplicates(np.zeros((3, 63)) + [[0.0], [0.25], [0.375]], 0.25)) == [0, 2]
+    with pytest.raises(cb.PoseStageError, match="--pre_topk 3 is smaller than --topk 4"):
+        cb.retrieve(features, query, 4, poses=poses, dedup_threshold=0.07, pre_topk=3)
+
+
+def test_gen_pose_dedup_flag(tmp_path):
+    """--dedup drops near-duplicates from gen_pose's output; --pre_topk and --dedup_threshold
+    without --dedup are refused rather than ignored."""
+    clip = load_clip(CLIP)
+    query = np.asarray(clip.text_features([cb.QUERY_TEMPLATE.format("riding a bike")]))[0]
+    poses, features = _near_duplicate_codebook(np.random.default_rng(1), query)
+    book = tmp_path / "dups.npz"
+    cb.save_codebook(str(book), poses, features, {"note": "near-duplicate pairs"})
+    argv = ["--codebook", str(book), "--text", "riding a bike", "--topk", "3", "--clip", CLIP, "--size", "32"]
+
+    gen_pose.main(argv + ["--out", str(tmp_path / "plain")])
+    plain = json.loads((tmp_path / "plain" / "scores.json").read_text())
+    assert [r["codebook_index"] for r in plain["results"]] == [0, 1, 2] and plain["dedup"] is None
+
+    gen_pose.main(argv + ["--out", str(tmp_path / "dedup"), "--dedup"])
+    report = json.loads((tmp_path / "dedup" / "scores.json").read_text())
+    assert [r["codebook_index"] for r in report["results"]] == [0, 2, 4]
+    assert report["dedup"] == {"pre_topk": cb.PRE_TOPK, "threshold": cb.DEDUP_THRESHOLD}
+    kept = [np.load(tmp_path / "dedup" / f"top_{i}.npy") for i in range(3)]
+    assert min(np.abs(a - b).mean() for i, a in enumerate(kept) for b in kept[i + 1:]) > cb.DEDUP_THRESHOLD
+
+    out = tmp_path / "few"
+    out.mkdir()
+    np.save(out / "top_2.npy", np.zeros(63))  # an earlier run's; fewer survivors than --topk now
+    gen_pose.main(argv + ["--out", str(out), "--dedup", "--pre_topk", "4"])
+    assert [r["codebook_index"] for r in json.loads((out / "scores.json").read_text())["results"]] == [0, 2]
+    assert not (out / "top_2.npy").exists()
+
+    for extra in (["--pre_topk", "10"], ["--dedup_threshold", "0.1"]):
+        msg = _cli_error(gen_pose.main, argv + ["--out", str(tmp_path / "x")] + extra)
+        assert extra[0] in msg and "--dedup" in msg
+    msg = _cli_error(gen_pose.main, argv + ["--out", str(tmp_path / "x"), "--dedup", "--pre_topk", "2"])
+    assert "--pre_topk 2" in msg and "--topk 3" in msg
 
 
 def test_vposer_codebook(pose_set, tmp_path):
