@@ -12,10 +12,10 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 demo: $(STAMP)
-	$(PY) -m interfusion_jax.train --config configs/demo.py
+	$(PY) -m interfusion_jax.train --config configs/demo.py --overwrite
 
 clean:
 	rm -rf $(VENV) outputs

@@ -6,9 +6,10 @@ setup(
     version="0.1.0",
     description="InterFusion (ECCV 2024) reimplemented in JAX/Flax",
     python_requires=">=3.10",
-    packages=["interfusion_jax", "pose", "nerf", "guidance", "configs"],
-    package_data={"pose": ["data/*"]},
-    include_package_data=True,
+    # The data folders are listed as packages so that setuptools installs them without warning.
+    packages=["interfusion_jax", "interfusion_jax.report_assets", "body", "pose", "pose.data",
+              "nerf", "guidance", "configs", "ifcommon"],
+    package_data={"pose.data": ["*.txt"], "interfusion_jax.report_assets": ["*"]},
     install_requires=[
         "numpy>=1.26",
         "scipy>=1.11",
@@ -29,9 +30,10 @@ setup(
         "imageio>=2.31",
         "imageio-ffmpeg>=0.5",
         "tqdm>=4.66",
+        "tensorboardX>=2.6",
     ],
     extras_require={
         "cuda": ["jax[cuda12]>=0.7"],
-        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "playwright>=1.40"],
     },
 )

@@ -1,4 +1,4 @@
-"""Release settings of InterFusion's interaction stage (SPEC sections 2.1-2.6).
+"""Release settings of InterFusion's interaction stage (docs/method.md §2.1-2.6).
 
 Scene files call `scene_config(...)` with only what differs between scenes; `get_config()` here
 gives the shared defaults (a standing guide body and generic prompts) so the base itself runs.
@@ -10,7 +10,7 @@ PERSON = "a person in a military uniform"
 
 
 def prompts(obj, interaction, person=PERSON):
-    """The release's four prompts (SPEC 2.6): object, human, interaction, head."""
+    """The release's four prompts (docs/method.md §2.6): object, human, interaction, head."""
     return ml_collections.ConfigDict(
         dict(
             object=f"a photo of {obj}, 8K, HD",
@@ -29,17 +29,18 @@ def get_config():
 
     c.prompts = prompts("a chair", "standing next to a chair")
 
-    # Guide body (SPEC 2.1). An empty body_model uses the built-in body; pose is `preset:NAME` or a
+    # Guide body (docs/method.md §2.1). An empty body_model uses the built-in body; pose is `preset:NAME` or a
     # pose file (e.g. results/interfusion_poses/top_0.npy).
     c.body = ml_collections.ConfigDict(
         dict(body_model="", pose="preset:standing", mode="default", prior_resolution=128)
     )
 
-    # Score distillation (SPEC 2.5). kind "if": DeepFloyd IF stage I; model_dir holds unet/,
+    # Score distillation (docs/method.md §2.5). kind "if": DeepFloyd IF stage I; model_dir holds unet/,
     # text_encoder/, tokenizer/ of DeepFloyd/IF-I-XL-v1.0. kind "reference": the ideal denoiser of
     # a known reference scene (the guide body plus `reference.object_mesh`), rendered from each
     # step's views: the same SDS path with a known right answer. grad_clip: 0 (off), a number or
-    # a schedule.
+    # a schedule. embedding_cache: the prompt-embedding cache folder ("": the user's cache,
+    # $XDG_CACHE_HOME/interfusion_jax/prompt_embeddings).
     c.guidance = ml_collections.ConfigDict(
         dict(
             kind="if",
@@ -51,7 +52,7 @@ def get_config():
             weighting="uniform",
             grad_clip=0.0,
             view_dependent=True,
-            embedding_cache=".cache/prompt_embeddings",
+            embedding_cache="",
         )
     )
 
@@ -59,7 +60,7 @@ def get_config():
     # or .glb in scene coordinates (z up), or builtin:chair / builtin:bike / builtin:box.
     c.reference = ml_collections.ConfigDict(dict(object_mesh=""))
 
-    # Two identical fields, object and human (SPEC 2.2).
+    # Two identical fields, object and human (docs/method.md §2.2).
     c.field = ml_collections.ConfigDict(
         dict(
             radius=2.0,
@@ -79,7 +80,7 @@ def get_config():
         dict(ambient_only_steps=2001, soft_shading=True, albedo_prob=0.25, textureless_prob=0.5)
     )
 
-    # Occupancy-grid ray marching (SPEC 2.3). max_samples is the fixed sample buffer of one
+    # Occupancy-grid ray marching (docs/method.md §2.3). max_samples is the fixed sample buffer of one
     # training render (the networks run on every slot, so it sets the cost); max_candidates the
     # densities one pruning round evaluates, max_rounds the rounds at most. Budgets are shared
     # fairly between rays and cut rays from their far end; the log reports the rays cut while not
@@ -101,7 +102,7 @@ def get_config():
         )
     )
 
-    # Random training camera (SPEC 2.4); angles in degrees.
+    # Random training camera (docs/method.md §2.4); angles in degrees.
     c.camera = ml_collections.ConfigDict(
         dict(
             elevation_range=(-30.0, 90.0),
@@ -122,7 +123,7 @@ def get_config():
         )
     )
 
-    # Loss weights (SPEC 2.5): a number or [start_step, start_value, end_value, end_step].
+    # Loss weights (docs/method.md §2.5): a number or [start_step, start_value, end_value, end_step].
     c.loss = ml_collections.ConfigDict(
         dict(
             lambda_orient=(0, 10.0, 1000.0, 5000),
@@ -130,6 +131,7 @@ def get_config():
             lambda_opaque=0.0,
             lambda_shape_human=1.0,
             shape_weights=(0.001, 0.01, 0.1),
+            shape_weight_steps=(1000, 2000, 8000, 9000),
             shape_sigma=0.4,
             shape_density_scale=0.2,
             shape_max_points=80000,
@@ -141,31 +143,40 @@ def get_config():
         dict(lr=0.01, lr_background=0.001, b1=0.9, b2=0.99, eps=1e-15)
     )
 
+    # log_every: steps between metrics.jsonl rows; checkpoint_every: steps between checkpoints,
+    # of which the newest keep_checkpoints stay; init_from: a run folder whose fields (not its
+    # optimiser or grids) a new run starts from; compile_cache: JAX's persistent compilation
+    # cache in the user's cache folder ($XDG_CACHE_HOME/interfusion_jax/jax_compilation).
     c.train = ml_collections.ConfigDict(
         dict(
             max_steps=10000,
+            log_every=10,
             val_every=200,
             val_views=4,
+            checkpoint_every=1000,
+            keep_checkpoints=2,
             object_center_every=1000,
             object_center_resolution=128,
             object_center_density_scale=0.2,
-            resume="",
-            weights_only=False,
+            init_from="",
+            compile_cache=True,
         )
     )
 
-    # mesh_threshold: "release" (SPEC 2.6), "auto" or a density level (nerf/mesh.py). The run ends
-    # with interfusion_jax.metrics on metrics_views test views and a metrics_grid^3 grid.
+    # mesh_threshold: "release" (docs/method.md §2.6), "auto" or a density level (nerf/mesh.py); mesh_format:
+    # glb, obj or ply (scene.glb is always written). The run ends with interfusion_jax.metrics on
+    # metrics_views test views and a metrics_grid^3 grid. ray_chunk: rays an evaluation render
+    # takes at once (more is faster on a GPU, up to its memory).
     c.test = ml_collections.ConfigDict(
-        dict(views=180, resolution=512, fps=30, mesh_resolution=128, mesh_format="obj",
-             mesh_threshold="release", metrics_views=8, metrics_grid=128)
+        dict(views=180, resolution=512, fps=30, mesh_resolution=128, mesh_format="glb",
+             mesh_threshold="release", metrics_views=8, metrics_grid=128, ray_chunk=2**13)
     )
     return c
 
 
 def scene_config(name, obj, interaction, pose, person=PERSON, mode="default", distance_range=None,
                  shape_weights=None):
-    """A release scene (SPEC 2.6): the base with its prompts (object, person, interaction text),
+    """A release scene (docs/method.md §2.6): the base with its prompts (object, person, interaction text),
     guide pose, guide-body mode and the numbers that differ (camera distances, shape_weights)."""
     c = get_config()
     c.name = name

@@ -1,4 +1,4 @@
-"""Release scene: carrying a backpack (SPEC 2.6).
+"""Release scene: carrying a backpack (docs/method.md §2.6).
 
 The values of the release's InterGen/configs/interfusion-if/carrying_a_backpack.yaml. Its guide pose
 is a file of the release's own runs, not shipped, so a built-in preset stands in.

@@ -1,4 +1,4 @@
-"""Release scene: jumping a skateboard (SPEC 2.6).
+"""Release scene: jumping a skateboard (docs/method.md §2.6).
 
 The values of the release's InterGen/configs/interfusion-if/jumping_a_skateboard.yaml. Its guide
 pose is a file of the release's own runs, not shipped, so a built-in preset stands in.

@@ -1,4 +1,4 @@
-"""Release scene: playing the guitar (SPEC 2.6).
+"""Release scene: playing the guitar (docs/method.md §2.6).
 
 The values of the release's InterGen/configs/interfusion-if/playing_the_guitar.yaml. Its guide pose
 is a file of the release's own runs, not shipped, so a built-in preset stands in.

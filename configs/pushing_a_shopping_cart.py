@@ -1,4 +1,4 @@
-"""Release scene: pushing a shopping cart (SPEC 2.6).
+"""Release scene: pushing a shopping cart (docs/method.md §2.6).
 
 The values of the release's InterGen/configs/interfusion-if/pushing_a_shopping_cart.yaml. Its guide
 pose is a file of the release's own runs, not shipped, so a built-in preset stands in.
@@ -7,7 +7,7 @@ from configs.base import scene_config
 
 
 def get_config():
-    # The release's interaction prompt says "carrying", not "pushing" (SPEC 2.6): kept as released.
+    # The release's interaction prompt says "carrying", not "pushing" (docs/method.md §2.6): kept as released.
     return scene_config(
         "pushing_a_shopping_cart",
         "a shopping cart",

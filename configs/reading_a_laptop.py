@@ -1,4 +1,4 @@
-"""Release scene: reading a laptop (SPEC 2.6).
+"""Release scene: reading a laptop (docs/method.md §2.6).
 
 The values of the release's InterGen/configs/interfusion-if/reading_a_laptop.yaml. Its guide pose is
 a file of the release's own runs, not shipped, so a built-in preset stands in.

@@ -1,4 +1,4 @@
-"""Release scene: riding a motorcycle (SPEC 2.6).
+"""Release scene: riding a motorcycle (docs/method.md §2.6).
 
 The values of the release's InterGen/configs/interfusion-if/riding_a_motorcycle.yaml. Its guide pose
 is a file of the release's own runs, not shipped, so a built-in preset stands in.

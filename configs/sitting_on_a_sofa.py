@@ -1,4 +1,4 @@
-"""Release scene: sitting on a sofa (SPEC 2.6).
+"""Release scene: sitting on a sofa (docs/method.md §2.6).
 
 The values of the release's InterGen/configs/interfusion-if/sitting_on_a_sofa.yaml. Its guide pose
 is a file of the release's own runs, not shipped, so a built-in preset stands in.

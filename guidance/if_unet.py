@@ -254,15 +254,20 @@ class TimestepEmbedding(nn.Module):
 def attend(q, k, v, implementation=None):
     """softmax(q kᵀ / sqrt(d_head)) v: q [B,T,N,H], k and v [B,S,N,H] -> [B,T,N,H] in v's dtype.
 
-    implementation "cudnn": jax.nn.dot_product_attention's cuDNN kernel. None or "xla": XLA
+    implementation None: the fastest that works here, "cudnn" for 16-bit inputs on a GPU (13% off
+    the IF-I-XL forward on an H100), else "xla". "cudnn": jax.nn.dot_product_attention's cuDNN
+    kernel (16-bit inputs, GPU only). "xla": XLA
     einsums with float32 logits and softmax, as jax's XLA path computes them but without the dot
     algorithm it sets for 16-bit inputs: for float16 that is F16_F16_F32, which CPUs reject and on
     which XLA's GPU simplifier aborts when it turns a one-query product (the text pooling) into a
     multiply-reduce ("Unsupported dot precision algorithm: 4").
     """
+    if implementation is None:
+        cudnn = jax.default_backend() == "gpu" and q.dtype in (jnp.float16, jnp.bfloat16)
+        implementation = "cudnn" if cudnn else "xla"
     if implementation == "cudnn":
         return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
-    if implementation not in (None, "xla"):
+    if implementation != "xla":
         raise ValueError(f"attention implementation {implementation!r}: expected None, 'xla' or "
                          "'cudnn'")
     logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32)

@@ -7,11 +7,12 @@ the model key (checked on read). Files are written atomically (temporary name, t
 import gc
 import hashlib
 import os
-import tempfile
 from typing import Callable
 
 import jax.numpy as jnp
 import numpy as np
+
+from ifcommon import atomic_write
 
 
 def _digest(text: str, n: int) -> str:
@@ -38,15 +39,8 @@ class PromptCache:
 
     def store(self, model_key: str, text: str, embedding: np.ndarray) -> None:
         path = self.path(model_key, text)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".npz.tmp", dir=os.path.dirname(path))
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, embedding=np.asarray(embedding), text=np.array(text), model_key=np.array(model_key))
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        atomic_write(path, lambda tmp: np.savez(tmp, embedding=np.asarray(embedding), text=np.array(text),
+                                                model_key=np.array(model_key)), ".npz")
 
     def get_or_compute(self, model_key: str, texts: list[str], encode_fn: Callable[[list[str]], np.ndarray]
                        ) -> np.ndarray:

@@ -50,11 +50,28 @@ def _shards(path: str) -> list[str]:
     return [os.path.join(folder, s) for s in shards]
 
 
+def _open(shard: str):
+    """safe_open of one file; a damaged file (truncated download, wrong format) raises naming it."""
+    try:
+        return safe_open(shard, framework="numpy")
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise ValueError(f"{shard}: not a readable safetensors file (a truncated or interrupted "
+                         f"download?): {e}") from None
+
+
+def check_safetensors(path: str) -> None:
+    """Read the headers of a .safetensors file or of every shard of an index: a damaged file is
+    found before any weight is loaded (ValueError naming it)."""
+    for shard in _shards(path):
+        with _open(shard):
+            pass
+
+
 def load_safetensors(path: str) -> dict[str, np.ndarray]:
     """All tensors of one .safetensors file or of all shards listed by a .safetensors.index*.json."""
     tensors = {}
     for shard in _shards(path):
-        with safe_open(shard, framework="numpy") as f:
+        with _open(shard) as f:
             for key in f.keys():
                 if key in tensors:
                     raise ValueError(f"{shard}: tensor {key!r} appears in more than one shard of {path}.")

@@ -10,6 +10,11 @@ from FlaxDDPMScheduler (sds.ddpm_alphas_cumprod).
 UNets enter as a pure function and its parameters: stage I `unet_fn(params, x [B,H,W,3], t [B], emb [B,L,D])
 -> [B,H,W,6]`, stage II `unet_fn(params, x [B,H,W,6], t [B], emb [B,L,D], class_labels [B]) -> [B,H,W,6]`
 (UNetApply(module) of a guidance.load_if_unet module).
+
+Noise comes from one PRNG key for the whole batch, or from one key per image ([N] keys): then image n's
+noise depends on its key alone, whatever batch, batch size or device count draws it. Across devices
+(`mesh`, a jax.sharding.Mesh) each device runs the guided step on its own slice of the batch (shard_map)
+with the parameters replicated; nothing but the final images crosses devices.
 """
 
 import dataclasses
@@ -21,6 +26,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from guidance.sds import ddpm_alphas_cumprod
@@ -94,33 +101,45 @@ def dynamic_threshold(x0, ratio: float, max_value: float):
     return (jnp.clip(flat, -s, s) / s).reshape(x0.shape)
 
 
-def ddpm_step(config: SchedulerConfig, alphas_cumprod, model_output, t, prev_t, sample, noise):
-    """x_t -> x_{prev_t} (DDPMScheduler.step). model_output [B,H,W,C] ε̂, or [B,H,W,2C] ε̂ and the learned
-    variance interpolant in [−1, 1] (variance_type learned_range); noise [B,H,W,C] (unused at t = 0)."""
-    channels = sample.shape[-1]
-    if config.variance_type == "learned_range" and model_output.shape[-1] != 2 * channels:
-        raise ValueError(f"ddpm_step: variance_type learned_range needs {2 * channels} output channels "
-                         f"(ε̂ and variance); got {model_output.shape[-1]}.")
-    eps = model_output[..., :channels]
+def step_coefficients(config: SchedulerConfig, alphas_cumprod, t, prev_t):
+    """The scalars of the step x_t -> x_{prev_t}, [..., 7] for t and prev_t of shape [...]: √(1−ᾱ_t),
+    1/√ᾱ_t, the posterior mean's factors of x̂0 and of x_t, the fixed standard deviation (variance_type
+    fixed_small or fixed_large), log β_t and the log posterior variance (the ends of learned_range)."""
     alphas_cumprod = jnp.asarray(alphas_cumprod, jnp.float32)
     ab_t = alphas_cumprod[t]
     ab_prev = jnp.where(prev_t >= 0, alphas_cumprod[jnp.maximum(prev_t, 0)], 1.0)
     alpha_t = ab_t / ab_prev
     beta_t = 1.0 - alpha_t
-    x0 = (sample - jnp.sqrt(1.0 - ab_t) * eps) / jnp.sqrt(ab_t)
+    variance = jnp.maximum((1.0 - ab_prev) / (1.0 - ab_t) * beta_t, 1e-20)
+    fixed_std = jnp.sqrt(beta_t) if config.variance_type == "fixed_large" else jnp.sqrt(variance)
+    return jnp.stack([jnp.sqrt(1.0 - ab_t), 1.0 / jnp.sqrt(ab_t), jnp.sqrt(ab_prev) * beta_t / (1.0 - ab_t),
+                      jnp.sqrt(alpha_t) * (1.0 - ab_prev) / (1.0 - ab_t), fixed_std, jnp.log(beta_t),
+                      jnp.log(variance)], -1)
+
+
+def ddpm_step(config: SchedulerConfig, alphas_cumprod, model_output, t, prev_t, sample, noise):
+    """x_t -> x_{prev_t} (DDPMScheduler.step). model_output [B,H,W,C] ε̂, or [B,H,W,2C] ε̂ and the learned
+    variance interpolant in [−1, 1] (variance_type learned_range); noise [B,H,W,C] (unused at t = 0)."""
+    return _ddpm_update(config, step_coefficients(config, alphas_cumprod, t, prev_t), model_output, t, sample, noise)
+
+
+def _ddpm_update(config: SchedulerConfig, c, model_output, t, sample, noise):
+    """ddpm_step given its step_coefficients c [7]."""
+    channels = sample.shape[-1]
+    if config.variance_type == "learned_range" and model_output.shape[-1] != 2 * channels:
+        raise ValueError(f"ddpm_step: variance_type learned_range needs {2 * channels} output channels "
+                         f"(ε̂ and variance); got {model_output.shape[-1]}.")
+    x0 = (sample - c[0] * model_output[..., :channels]) * c[1]
     if config.thresholding:
         x0 = dynamic_threshold(x0, config.dynamic_thresholding_ratio, config.sample_max_value)
     elif config.clip_sample:
         x0 = jnp.clip(x0, -config.clip_sample_range, config.clip_sample_range)
-    mean = (jnp.sqrt(ab_prev) * beta_t * x0 + jnp.sqrt(alpha_t) * (1.0 - ab_prev) * sample) / (1.0 - ab_t)
-    variance = jnp.maximum((1.0 - ab_prev) / (1.0 - ab_t) * beta_t, 1e-20)
-    if config.variance_type == "fixed_small":
-        std = jnp.sqrt(variance)
-    elif config.variance_type == "fixed_large":
-        std = jnp.sqrt(beta_t)
-    else:
+    mean = c[2] * x0 + c[3] * sample
+    if config.variance_type == "learned_range":
         frac = (model_output[..., channels:] + 1.0) / 2.0
-        std = jnp.exp(0.5 * (frac * jnp.log(beta_t) + (1.0 - frac) * jnp.log(variance)))
+        std = jnp.exp(0.5 * (frac * c[5] + (1.0 - frac) * c[6]))
+    else:
+        std = c[4]
     return mean + jnp.where(t > 0, std * noise, 0.0)
 
 
@@ -130,45 +149,98 @@ def _check_embeddings(cond_emb, uncond_emb):
                          f"{cond_emb.shape} and {uncond_emb.shape}.")
 
 
-@functools.partial(jax.jit, static_argnames=("unet_fn", "scheduler", "guidance_scale"))
-def _guided_step(unet_fn, scheduler, guidance_scale, params, alphas, x, t, prev_t, key, emb, cond_image,
-                 class_labels):
-    n, channels = x.shape[0], x.shape[-1]
-    inputs = x if cond_image is None else jnp.concatenate([x, cond_image.astype(x.dtype)], -1)
-    extra = () if class_labels is None else (jnp.concatenate([class_labels, class_labels]),)
-    out = unet_fn(params, jnp.concatenate([inputs, inputs]), jnp.full((2 * n,), t), emb, *extra).astype(jnp.float32)
-    uncond, text = out[:n], out[n:]
-    eps = uncond[..., :channels] + guidance_scale * (text[..., :channels] - uncond[..., :channels])
-    out = jnp.concatenate([eps, text[..., channels:]], -1)
-    return ddpm_step(scheduler, alphas, out, t, prev_t, x, jax.random.normal(key, x.shape, jnp.float32))
+def _per_image(key) -> bool:
+    """Whether `key` is one PRNG key per image ([N] typed or [N,2] raw keys) rather than a single key."""
+    return key.ndim == (1 if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else 2)
+
+
+def _split(key):
+    """Two keys from a single key, or two [N] arrays from per-image keys [N]."""
+    if _per_image(key):
+        pairs = jax.vmap(jax.random.split)(key)
+        return pairs[:, 0], pairs[:, 1]
+    first, second = jax.random.split(key)
+    return first, second
+
+
+def _fold_in(key, data):
+    return jax.vmap(jax.random.fold_in, (0, None))(key, data) if _per_image(key) else jax.random.fold_in(key, data)
+
+
+def _normal(key, shape):
+    """Standard normal float32 [N,...]: the whole shape from a single key, or row n from key[n] alone."""
+    if _per_image(key):
+        return jax.vmap(lambda k: jax.random.normal(k, shape[1:], jnp.float32))(key)
+    return jax.random.normal(key, shape, jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("unet_fn", "scheduler", "guidance_scale", "mesh"))
+def _guided_step(unet_fn, scheduler, guidance_scale, mesh, params, coefficients, x, t, key, step, cond_emb,
+                 uncond_emb, cond_image, class_labels):
+    def local(params, coefficients, x, t, key, step, cond_emb, uncond_emb, cond_image, class_labels):
+        n, channels = x.shape[0], x.shape[-1]
+        inputs = x if cond_image is None else jnp.concatenate([x, cond_image.astype(x.dtype)], -1)
+        extra = () if class_labels is None else (jnp.concatenate([class_labels, class_labels]),)
+        emb = jnp.concatenate([jnp.broadcast_to(uncond_emb, cond_emb.shape), cond_emb])
+        out = unet_fn(params, jnp.concatenate([inputs, inputs]), jnp.full((2 * n,), t), emb,
+                      *extra).astype(jnp.float32)
+        uncond, text = out[:n], out[n:]
+        eps = uncond[..., :channels] + guidance_scale * (text[..., :channels] - uncond[..., :channels])
+        out = jnp.concatenate([eps, text[..., channels:]], -1)
+        return _ddpm_update(scheduler, coefficients, out, t, x, _normal(_fold_in(key, step), x.shape))
+
+    args = (params, coefficients, x, t, key, step, cond_emb, uncond_emb, cond_image, class_labels)
+    if mesh is None:
+        return local(*args)
+    # Each device doubles its own slice into the [unconditional; text] pair: under plain jit the
+    # concatenation along the sharded batch axis would move activations between devices.
+    batch, whole = P(mesh.axis_names), P()
+    specs = (whole, whole, batch, whole, batch, whole, batch, batch if uncond_emb.ndim == 3 else whole, batch, batch)
+    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=batch)(*args)
 
 
 def sample_ddpm(unet_fn, params, key, cond_emb, uncond_emb, image_size: int, num_steps: int, guidance_scale: float,
                 scheduler: SchedulerConfig, cond_image=None, class_labels=None, channels: int = 3,
-                progress: bool = True, desc: str = "IF sampling"):
+                progress: bool = True, desc: str = "IF sampling", mesh: Mesh | None = None):
     """Classifier-free-guided DDPM sampling as the IF pipelines do it: ε̂ = ε̂_u + g·(ε̂_t − ε̂_u) with the
     text branch's learned variance. unet_fn(params, x, t, emb[, class_labels]) must be the same object from
     call to call (it is a static argument of the jitted step: a new function recompiles). cond_image
-    [N,S,S,c] is concatenated to the UNet input and class_labels [N] passed on (stage II).
+    [N,S,S,c] is concatenated to the UNet input and class_labels [N] passed on (stage II). key: a single
+    PRNG key, or one per image [N] (image n's noise then comes from key[n] alone). mesh: the batch is split
+    over the mesh's devices (N a multiple of their number, one key per image), params replicated.
     Returns [N,S,S,channels] in [−1, 1] (float32)."""
     _check_embeddings(cond_emb, uncond_emb)
     n = cond_emb.shape[0]
-    alphas = scheduler.alphas_cumprod()
-    emb = jnp.concatenate([jnp.broadcast_to(uncond_emb, cond_emb.shape), cond_emb])
-    key_init, key_steps = jax.random.split(key)
-    x = jax.random.normal(key_init, (n, image_size, image_size, channels), jnp.float32)
-    for i, (t, prev_t) in enumerate(tqdm(ddpm_timesteps(scheduler, num_steps), desc=desc, disable=not progress)):
-        x = _guided_step(unet_fn, scheduler, float(guidance_scale), params, alphas, x, jnp.int32(t),
-                         jnp.int32(prev_t), jax.random.fold_in(key_steps, i), emb, cond_image, class_labels)
+    if _per_image(key) and key.shape[0] != n:
+        raise ValueError(f"Sampling: {key.shape[0]} per-image keys for {n} images.")
+    if mesh is not None and (not _per_image(key) or n % mesh.size):
+        raise ValueError(f"Sampling: across {mesh.size} devices the batch ({n}) must be a multiple of "
+                         f"{mesh.size}, with one key per image.")
+    steps = ddpm_timesteps(scheduler, num_steps)
+    # The steps' scalars are computed here, once: inside the jitted step XLA may rewrite them (a division
+    # into a product by a reciprocal) differently for different device counts, changing the last bits.
+    coefficients = step_coefficients(scheduler, scheduler.alphas_cumprod(), *np.array(steps).T)
+    key_init, key_steps = _split(key)
+    x = _normal(key_init, (n, image_size, image_size, channels))
+    if mesh is not None:
+        whole, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P(mesh.axis_names))
+        params, coefficients = jax.device_put((params, coefficients), whole)  # no-op: replicated params
+        x, key_steps, cond_emb, cond_image, class_labels = jax.device_put(
+            (x, key_steps, cond_emb, cond_image, class_labels), batch)
+        uncond_emb = jax.device_put(uncond_emb, batch if uncond_emb.ndim == 3 else whole)
+    for i, ((t, _), c) in enumerate(zip(tqdm(steps, desc=desc, disable=not progress), coefficients)):
+        x = _guided_step(unet_fn, scheduler, float(guidance_scale), mesh, params, c, x,
+                         jnp.int32(t), key_steps, jnp.int32(i), cond_emb, uncond_emb, cond_image, class_labels)
     return x
 
 
 def sample_stage1(unet_fn, params, key, cond_emb, uncond_emb, num_steps: int = 100, guidance_scale: float = 7.0,
-                  scheduler: SchedulerConfig = SchedulerConfig(), image_size: int = 64, progress: bool = True):
+                  scheduler: SchedulerConfig = SchedulerConfig(), image_size: int = 64, progress: bool = True,
+                  mesh: Mesh | None = None):
     """IF stage I: T5 embeddings cond_emb [N,L,D] (uncond_emb [L,D]: the empty prompt) -> images
-    [N,size,size,3] in [0,1]. Defaults are IFPipeline's (100 steps, guidance 7)."""
+    [N,size,size,3] in [0,1]. Defaults are IFPipeline's (100 steps, guidance 7). key and mesh as sample_ddpm."""
     x = sample_ddpm(unet_fn, params, key, cond_emb, uncond_emb, image_size, num_steps, guidance_scale, scheduler,
-                    progress=progress, desc="IF stage I")
+                    progress=progress, desc="IF stage I", mesh=mesh)
     return jnp.clip(x / 2 + 0.5, 0.0, 1.0)
 
 
@@ -189,24 +261,25 @@ def resize_align_corners(x, size: int):
 def sample_stage2(unet_fn, params, key, low_res, cond_emb, uncond_emb, num_steps: int = 50, guidance_scale: float = 4.0,
                   noise_level: int = 250, scheduler: SchedulerConfig = SchedulerConfig(),
                   noising_scheduler: SchedulerConfig = SchedulerConfig(), image_size: int = 256,
-                  progress: bool = True):
+                  progress: bool = True, mesh: Mesh | None = None):
     """IF stage II: low_res [N,h,w,3] in [0,1] (stage I output) -> [N,size,size,3] in [0,1]. The low-res
     image, upsampled (bilinear, align_corners) and noised to `noise_level` with the noising scheduler's
     schedule, is concatenated to the UNet input; the level is the UNet's class label. Defaults are
-    IFSuperResolutionPipeline's (50 steps, guidance 4, noise level 250)."""
+    IFSuperResolutionPipeline's (50 steps, guidance 4, noise level 250). key and mesh as sample_ddpm."""
     if low_res.ndim != 4 or low_res.shape[-1] != 3 or low_res.shape[0] != cond_emb.shape[0]:
         raise ValueError(f"sample_stage2: low_res must be [N,h,w,3] in [0,1] with N = {cond_emb.shape[0]}; got "
                          f"{low_res.shape}.")
     if not 0 <= noise_level < noising_scheduler.num_train_timesteps:
         raise ValueError(f"sample_stage2: noise_level {noise_level} outside [0, "
                          f"{noising_scheduler.num_train_timesteps}).")
-    key_aug, key_sample = jax.random.split(key)
+    key_aug, key_sample = _split(key)
     upscaled = resize_align_corners(jnp.asarray(low_res, jnp.float32) * 2 - 1, image_size)
     ab = noising_scheduler.alphas_cumprod()[noise_level]
-    upscaled = jnp.sqrt(ab) * upscaled + jnp.sqrt(1 - ab) * jax.random.normal(key_aug, upscaled.shape)
+    upscaled = jnp.sqrt(ab) * upscaled + jnp.sqrt(1 - ab) * _normal(key_aug, upscaled.shape)
     labels = jnp.full((low_res.shape[0],), noise_level, jnp.int32)
     x = sample_ddpm(unet_fn, params, key_sample, cond_emb, uncond_emb, image_size, num_steps, guidance_scale,
-                    scheduler, cond_image=upscaled, class_labels=labels, progress=progress, desc="IF stage II")
+                    scheduler, cond_image=upscaled, class_labels=labels, progress=progress, desc="IF stage II",
+                    mesh=mesh)
     return jnp.clip(x / 2 + 0.5, 0.0, 1.0)
 
 
@@ -220,27 +293,89 @@ class UNetApply:
         return self.module.apply({"params": params}, *args)
 
 
+def iter_cascade(stage1: dict, stage2: dict, embeddings, uncond_emb, prompt_keys, num_images_per_prompt: int,
+                 batch_size: int = 8, devices=None, progress: bool = True):
+    """Yields, prompt by prompt, uint8 images [num_images_per_prompt, S, S, 3] of the IF cascade:
+    sample_stage1(**stage1) then sample_stage2(**stage2), the dicts holding every argument but the key,
+    images, embeddings, progress and mesh (unet_fn and params at least). embeddings [P,L,D] (NumPy): prompt
+    p's T5 embedding; uncond_emb [L,D]: the empty prompt's; prompt_keys [P]: PRNG keys.
+
+    Image j of prompt p is drawn from fold_in(prompt_keys[p], j) alone. Batches are split over `devices`
+    (default: this process's, jax.local_devices()) along a one-axis mesh, the parameters replicated; each
+    device takes min(batch_size, ⌈n / devices⌉) images, so that few images per prompt leave no device
+    slots idle. A batch holds one prompt's images, the last one padded (shapes stay static) and its
+    padding dropped: a prompt's images do not depend on the other prompts, to the bit. Another per-device
+    batch size changes them by float rounding (kernels differ with the batch shape); another device count
+    alone left them equal to the bit on CPU (tests/test_gen_image_devices.py).
+    Batch k + 1 is queued on the devices before batch k's images are fetched, so the caller's work on
+    them (writing files) overlaps the sampling. progress: a bar of images, with images per second."""
+    mesh = Mesh(np.array(jax.local_devices() if devices is None else devices), ("batch",))
+    whole = NamedSharding(mesh, P())
+    # Rebinding drops the caller's copies where the caller keeps no reference (iter_images does not).
+    stage1 = {**stage1, "params": jax.device_put(stage1["params"], whole)}
+    stage2 = {**stage2, "params": jax.device_put(stage2["params"], whole)}
+    n = num_images_per_prompt
+    per_batch = min(batch_size, -(-n // mesh.size)) * mesh.size
+
+    def launch(prompt, start):
+        index = np.minimum(np.arange(start, start + per_batch), n - 1)  # padded with the last image
+        key1, key2 = _split(jax.vmap(jax.random.fold_in, (None, 0))(prompt_keys[prompt], index))
+        cond = np.broadcast_to(embeddings[prompt], (per_batch, *embeddings.shape[1:]))
+        low = sample_stage1(key=key1, cond_emb=cond, uncond_emb=uncond_emb, progress=False, mesh=mesh, **stage1)
+        high = sample_stage2(key=key2, low_res=low, cond_emb=cond, uncond_emb=uncond_emb, progress=False,
+                             mesh=mesh, **stage2)
+        return start, jnp.round(high * 255).astype(jnp.uint8)
+
+    ready = []  # fetched images of the prompt being finished
+
+    def finish(start, images):
+        images = np.asarray(images)[:n - start]
+        ready.extend(images)
+        bar.update(len(images))
+        if len(ready) == n:
+            yield np.stack(ready)
+            ready.clear()
+
+    with tqdm(total=len(prompt_keys) * n, desc="IF images", unit="img", disable=not progress) as bar:
+        pending = None
+        for prompt in range(len(prompt_keys)):
+            for start in range(0, n, per_batch):
+                queued = launch(prompt, start)
+                if pending is not None:
+                    yield from finish(*pending)
+                pending = queued
+        if pending is not None:
+            yield from finish(*pending)
+
+
+def _load_stage(model_dir: str, dtype, **settings) -> dict:
+    from guidance.unet_weights import load_if_unet
+
+    module, params = load_if_unet(model_dir, dtype)
+    return dict(unet_fn=UNetApply(module), params=params, **settings)
+
+
 def iter_images(if_stage1_dir: str, if_stage2_dir: str, prompts: list[str], num_images_per_prompt: int = 1,
                 seed: int = 0, prompt_seeds: list[int] | None = None,
                 cache_dir: str = os.path.expanduser("~/.cache/interfusion_jax/prompt_embeddings"),
                 dtype=jnp.bfloat16, batch_size: int = 8, stage1_steps: int = 100, stage2_steps: int = 50,
                 stage1_guidance: float = 7.0, stage2_guidance: float = 4.0, noise_level: int = 250,
-                progress: bool = True):
+                devices=None, progress: bool = True):
     """Yields, prompt by prompt, uint8 images [num_images_per_prompt, S, S, 3] (S = stage II's sample_size,
-    256 for IF-II-L) from the IF cascade; the models load once for all prompts. Prompt i's images are drawn in
-    batches of at most batch_size, batch b seeded by (prompt_seeds[i], b), or by (seed, i, b) without
-    prompt_seeds: a prompt's images do not depend on the other prompts. T5 embeddings come from stage I's
-    repository (text_encoder/, tokenizer/) through the prompt cache (the encoder is freed before the UNets
-    load); schedulers from each repository's scheduler/ (and stage II's image_noising_scheduler/) config,
-    IF-I-XL's values where absent."""
+    256 for IF-II-L) from the IF cascade; the models load once for all prompts. Prompt i's key is
+    PRNGKey(prompt_seeds[i]), or fold_in(PRNGKey(seed), i) without prompt_seeds, and its image j comes from
+    fold_in(that key, j) alone: a prompt's images depend neither on the other prompts nor, but for float
+    rounding, on batch_size (images per device and batch) or devices (see iter_cascade). T5 embeddings come
+    from stage I's repository (text_encoder/, tokenizer/) through the prompt cache (the encoder is freed
+    before the UNets load); schedulers from each repository's scheduler/ (and stage II's
+    image_noising_scheduler/) config, IF-I-XL's values where absent. progress: a bar of images."""
     from guidance.prompt_cache import embed_prompts
-    from guidance.unet_weights import load_if_unet, resolve_unet_dir
+    from guidance.unet_weights import resolve_unet_dir
 
     if prompt_seeds is not None and len(prompt_seeds) != len(prompts):
         raise ValueError(f"iter_images: {len(prompt_seeds)} prompt_seeds for {len(prompts)} prompts.")
     distinct = list(dict.fromkeys(prompts)) + [""]
     by_text = dict(zip(distinct, embed_prompts(if_stage1_dir, distinct, cache_dir)))
-    uncond = jnp.asarray(by_text[""])
     sizes = []
     for model_dir in (if_stage1_dir, if_stage2_dir):
         config_path = os.path.join(resolve_unet_dir(model_dir), "config.json")
@@ -249,25 +384,20 @@ def iter_images(if_stage1_dir: str, if_stage2_dir: str, prompts: list[str], num_
         if not isinstance(sizes[-1], int):
             raise ValueError(f"generate_images: {config_path} must give an integer sample_size (the output size); "
                              f"got {sizes[-1]!r}.")
-    unet1, params1 = load_if_unet(if_stage1_dir, dtype)
-    unet2, params2 = load_if_unet(if_stage2_dir, dtype)
-    sched1 = SchedulerConfig.from_model_dir(if_stage1_dir)
-    sched2 = SchedulerConfig.from_model_dir(if_stage2_dir)
-    noising = SchedulerConfig.from_model_dir(if_stage2_dir, "image_noising_scheduler")
-    for i, prompt in enumerate(tqdm(prompts, desc="IF prompts", disable=not progress or len(prompts) == 1)):
-        prompt_key = (jax.random.PRNGKey(prompt_seeds[i]) if prompt_seeds is not None
-                      else jax.random.fold_in(jax.random.PRNGKey(seed), i))
-        images = []
-        for b, start in enumerate(range(0, num_images_per_prompt, batch_size)):
-            count = min(batch_size, num_images_per_prompt - start)
-            cond = jnp.broadcast_to(jnp.asarray(by_text[prompt]), (count, *uncond.shape))
-            key1, key2 = jax.random.split(jax.random.fold_in(prompt_key, b))
-            low = sample_stage1(UNetApply(unet1), params1, key1, cond, uncond, stage1_steps, stage1_guidance, sched1,
-                                sizes[0], progress)
-            high = sample_stage2(UNetApply(unet2), params2, key2, low, cond, uncond, stage2_steps, stage2_guidance,
-                                 noise_level, sched2, noising, sizes[1], progress)
-            images.append(np.asarray(jnp.round(high * 255)).astype(np.uint8))
-        yield np.concatenate(images)
+    if prompt_seeds is not None:
+        prompt_keys = jnp.stack([jax.random.PRNGKey(s) for s in prompt_seeds])
+    else:
+        prompt_keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.PRNGKey(seed), jnp.arange(len(prompts)))
+    # The loaded parameters go straight into the call, so that iter_cascade holds their only reference.
+    yield from iter_cascade(
+        _load_stage(if_stage1_dir, dtype, num_steps=stage1_steps, guidance_scale=stage1_guidance,
+                    scheduler=SchedulerConfig.from_model_dir(if_stage1_dir), image_size=sizes[0]),
+        _load_stage(if_stage2_dir, dtype, num_steps=stage2_steps, guidance_scale=stage2_guidance,
+                    noise_level=noise_level, scheduler=SchedulerConfig.from_model_dir(if_stage2_dir),
+                    noising_scheduler=SchedulerConfig.from_model_dir(if_stage2_dir, "image_noising_scheduler"),
+                    image_size=sizes[1]),
+        np.stack([by_text[p] for p in prompts]), by_text[""], prompt_keys, num_images_per_prompt, batch_size,
+        devices, progress)
 
 
 def generate_images(if_stage1_dir: str, if_stage2_dir: str, prompts: list[str], num_images_per_prompt: int = 1,

@@ -1,4 +1,4 @@
-"""Score distillation (SDS) from DeepFloyd IF stage I, as InterFusion (threestudio) computes it (SPEC 2.5).
+"""Score distillation (SDS) from DeepFloyd IF stage I, as InterFusion (threestudio) computes it (docs/method.md §2.5).
 
 Pure functions: the UNet enters as `unet_fn(x [B,64,64,3], t [B] int32, emb [B,L,D]) -> [B,64,64,6]`, a
 pure function whose parameters the caller closes over, e.g.
@@ -96,7 +96,7 @@ def sds_from_noise(unet_fn, images, cond_emb, uncond_emb, t, noise, alphas_cumpr
     out = unet_fn(jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]), jnp.concatenate([cond_emb, uncond]))
     eps = jax.lax.stop_gradient(out[..., :3].astype(jnp.float32))
     eps_text, eps_uncond = eps[:n], eps[n:]
-    # SPEC 2.5 (threestudio's deep_floyd guidance) writes CFG as ε̂_text + s·(ε̂_text − ε̂_uncond); standard
+    # docs/method.md §2.5 (threestudio's deep_floyd guidance) writes CFG as ε̂_text + s·(ε̂_text − ε̂_uncond); standard
     # CFG (IFPipeline) is ε̂_uncond + s·(ε̂_text − ε̂_uncond), so this equals standard CFG at scale s + 1.
     eps_hat = eps_text + config.guidance_scale * (eps_text - eps_uncond)
     grad = _weight(config.weighting, alpha_bar) * (eps_hat - noise)

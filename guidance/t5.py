@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import sys
 from typing import Any
 
 import flax.linen as nn
@@ -218,7 +219,14 @@ class T5TextEncoder:
         self._apply = jax.jit(module.apply)
 
     def tokenize(self, texts: list[str], lowercase: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        tok = self.tokenizer([preprocess(t, lowercase) for t in texts], padding="max_length",
+        """Token ids and mask [N, max_length]; a text longer than max_length tokens is cut, with a
+        warning naming it (IF sees only its first max_length tokens)."""
+        processed = [preprocess(t, lowercase) for t in texts]
+        for text, ids in zip(processed, self.tokenizer(processed, add_special_tokens=True)["input_ids"]):
+            if len(ids) > self.max_length:
+                print(f"[interfusion] warning: prompt {text!r} has {len(ids)} tokens; only its first "
+                      f"{self.max_length} are used", file=sys.stderr)
+        tok = self.tokenizer(processed, padding="max_length",
                              max_length=self.max_length, truncation=True, add_special_tokens=True, return_tensors="np")
         return tok["input_ids"].astype(np.int32), tok["attention_mask"].astype(np.int32)
 

@@ -8,15 +8,14 @@ repeated from that file alone.
 import os
 import pprint
 import re
-import sys
 
 from absl import flags
 from ml_collections import config_flags
 
-from pose.atomic_io import save_text
+from ifcommon import UserError, save_text
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file or override that cannot be applied."""
 
 
@@ -80,16 +79,3 @@ def config_source(config):
 def save_config(config, path):
     """Write `config` as a re-runnable Python file, atomically."""
     save_text(path, config_source(config))
-
-
-def exit_on_config_error(fn):
-    """Wrap a main(argv) so ConfigError prints one line to stderr and exits with status 2."""
-
-    def main(argv=None):
-        try:
-            return fn(sys.argv if argv is None else argv)
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-
-    return main

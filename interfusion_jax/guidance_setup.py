@@ -7,7 +7,7 @@ form); they differ in the denoiser:
 - "if": DeepFloyd IF stage I. With `guidance.model_dir` set, the IF-I-XL UNet and its T5 encoder
   are loaded from that folder and the embeddings are cached on disk, so the 4.7 B-parameter
   encoder is loaded only for new prompts and released before training. With it empty, the UNet is
-  a tiny randomly initialised network of IF's layout and the embeddings are pseudo-random vectors
+  a tiny network of IF's layout with fixed random weights and the embeddings are pseudo-random vectors
   derived from the text: every part of the pipeline runs, but the guidance knows no images.
 - "reference": the ideal denoiser of a known scene (the guide body plus `reference.object_mesh`),
   rendered from each step's views with the shading and background of the training renders: the
@@ -21,18 +21,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from guidance import (IFUNet, SDSConfig, ddpm_alphas_cumprod, embed_prompts, ideal_denoiser,
-                      load_if_unet, sds_loss, view_index, view_prompts)
+from guidance import (MAX_LENGTH, IFUNet, SDSConfig, ddpm_alphas_cumprod, embed_prompts,
+                      ideal_denoiser, load_if_unet, sds_loss, view_index, view_prompts)
+from ifcommon import user_cache_dir
 from interfusion_jax import losses
 from interfusion_jax.config import ConfigError
 from interfusion_jax.scene import VIEW_PARTS, VIEWS, view_shading
 from nerf.cameras import generate_rays
 from nerf.material import shade
-from pose.mesh_raycast import render_reference
-from pose.reference_scene import reference_scene
+from interfusion_jax.mesh_raycast import render_reference
+from interfusion_jax.reference_scene import reference_scene
 
-KINDS = ("if", "reference")
-MAX_LENGTH = 77
 
 # IF-I-XL's block types at toy width, for runs without the published weights.
 DEMO_UNET = {
@@ -53,11 +52,27 @@ class Guidance(NamedTuple):
     """loss(arrays, key, images [4,H,W,3], views: scene.Views, step) -> (loss, aux with "t" [4]
     and "grad_norm" [4]), static; arrays: what it needs on the device (UNet weights and prompt
     embeddings, or the reference scene), passed into the jitted step as an argument so that it is
-    not baked into the executable."""
+    not baked into the executable; shared: the keys of `arrays` that are the same for every
+    scene with this denoiser (the UNet weights), which train_many passes once for all scenes."""
 
     loss: Callable
     arrays: Any
     description: str
+    shared: tuple = ()
+
+
+class UNet(NamedTuple):
+    """An IF UNet as loaded once for all the scenes that use it: flax module, params, and what it
+    is in words."""
+
+    module: Any
+    params: Any
+    description: str
+
+
+# The demo UNet's weights come from this fixed key, not from the run's seed: like published
+# weights they are the same in every run, so scenes of any seed can share one UNet (train_many).
+DEMO_UNET_KEY = 0
 
 
 def prompt_texts(prompts, view_dependent):
@@ -97,27 +112,38 @@ def if_guidance(cfg, module, params, embeddings, description):
         return _sds(cfg, unet_fn, key, images, cond, arrays["uncond"], step)
 
     arrays = dict(unet=params, cond=emb[:-1].reshape(4, 4, *emb.shape[1:]), uncond=emb[-1])
-    return Guidance(loss, arrays, description)
+    return Guidance(loss, arrays, description, shared=("unet",))
 
 
-def _if_guidance(cfg, key):
+def load_unet(cfg):
+    """The UNet of `guidance.model_dir` in `guidance.dtype`, or with no model_dir the demo's tiny
+    random UNet of IF's layout (DEMO_UNET)."""
+    g = cfg.guidance
+    if g.model_dir:
+        module, params = load_if_unet(g.model_dir, dtype=jnp.dtype(g.dtype))
+        return UNet(module, params, f"DeepFloyd IF from {g.model_dir} ({g.dtype})")
+    module = IFUNet.from_config(DEMO_UNET, source="interfusion_jax.guidance_setup.DEMO_UNET")
+    dummy = (jnp.zeros((1, 64, 64, 3)), jnp.zeros((1,), jnp.int32),
+             jnp.zeros((1, MAX_LENGTH, DEMO_UNET["encoder_hid_dim"])))
+    # Jitted: one compilation instead of one per operation (half the time on a CPU).
+    params = jax.jit(module.init)(jax.random.PRNGKey(DEMO_UNET_KEY), *dummy)["params"]
+    return UNet(module, params,
+                "demo guidance: a tiny random UNet of IF's layout with pseudo-random prompt "
+                "embeddings (set guidance.model_dir to DeepFloyd/IF-I-XL-v1.0 for real runs)")
+
+
+def _if_guidance(cfg, unet):
     g = cfg.guidance
     grid = prompt_texts(cfg.prompts, g.view_dependent)
     flat = [t for row in grid for t in row] + [""]
     if g.model_dir:
-        module, params = load_if_unet(g.model_dir, dtype=jnp.dtype(g.dtype))
         # The release's prompt processor (threestudio) feeds the text unchanged, not lowercased.
-        emb = embed_prompts(g.model_dir, flat, g.embedding_cache, lowercase=False)
-        description = f"DeepFloyd IF from {g.model_dir} ({g.dtype})"
+        emb = embed_prompts(g.model_dir, flat,
+                            g.embedding_cache or user_cache_dir("prompt_embeddings"),
+                            lowercase=False)
     else:
-        module = IFUNet.from_config(DEMO_UNET, source="interfusion_jax.guidance_setup.DEMO_UNET")
-        dummy = (jnp.zeros((1, 64, 64, 3)), jnp.zeros((1,), jnp.int32),
-                 jnp.zeros((1, MAX_LENGTH, DEMO_UNET["encoder_hid_dim"])))
-        params = module.init(key, *dummy)["params"]
-        emb = pseudo_embeddings(flat, DEMO_UNET["encoder_hid_dim"])
-        description = ("demo guidance: a tiny random UNet of IF's layout with pseudo-random prompt "
-                       "embeddings (set guidance.model_dir to DeepFloyd/IF-I-XL-v1.0 for real runs)")
-    return if_guidance(cfg, module, params, emb, description)
+        emb = pseudo_embeddings(flat, unet.module.config.encoder_hid_dim)
+    return if_guidance(cfg, unet.module, unet.params, emb, unet.description)
 
 
 def reference_images(scene, views, height, width):
@@ -134,10 +160,6 @@ def reference_images(scene, views, height, width):
 
 
 def _reference_guidance(cfg, guide, body_colors):
-    if not cfg.reference.object_mesh:
-        raise ConfigError("--config.reference.object_mesh is required with "
-                          "guidance.kind=reference (a mesh file or builtin:chair, builtin:bike, "
-                          "builtin:box)")
     try:
         scene = reference_scene(guide, cfg.reference.object_mesh, body_colors)
     except ValueError as error:
@@ -158,12 +180,11 @@ def _reference_guidance(cfg, guide, body_colors):
     return Guidance(loss, dict(scene=jax.tree_util.tree_map(jnp.asarray, scene)), description)
 
 
-def setup_guidance(cfg, key, guide, body_colors=None):
-    """Guidance for the config's `guidance`, `prompts` and `reference` blocks; guide: the run's
-    GuideBody, body_colors its vertex colours (the reference scene's body)."""
-    if cfg.guidance.kind not in KINDS:
-        raise ConfigError(f"--config.guidance.kind={cfg.guidance.kind!r}: expected one of "
-                          f"{', '.join(KINDS)}")
+def setup_guidance(cfg, guide, body_colors=None, unet=None):
+    """Guidance for the config's `guidance`, `prompts` and `reference` blocks (checked first by
+    interfusion_jax.inputs); guide: the run's GuideBody, body_colors its vertex colours (the
+    reference scene's body); unet: the UNet of kind "if" when already loaded (`load_unet`), else
+    it is loaded here."""
     if cfg.guidance.kind == "reference":
         return _reference_guidance(cfg, guide, body_colors)
-    return _if_guidance(cfg, key)
+    return _if_guidance(cfg, unet or load_unet(cfg))

@@ -1,4 +1,4 @@
-"""Regularisers and body-shape losses of the interaction stage (SPEC 2.5), as pure jittable functions.
+"""Regularisers and body-shape losses of the interaction stage (docs/method.md §2.5), as pure jittable functions.
 
 Per-sample inputs come from the fixed-size sample buffer of a render: arrays of length S with a
 `valid` mask marking the slots that hold a real sample; per-ray inputs have length R. `step` may be
@@ -12,24 +12,27 @@ SHAPE_LOSS_SCALE = 9.21
 
 
 def schedule_value(spec, step):
-    """A weight: a number, or (start_step, start_value, end_value, end_step) linear and clamped."""
-    if isinstance(spec, (int, float)):
+    """A weight: a number, or (start_step, start_value, end_value, end_step) linear and clamped.
+    The entries may be traced (a scene's numbers passed into the step, train_step.StepSettings)."""
+    if not isinstance(spec, (tuple, list)):
         return jnp.asarray(spec, jnp.float32)
     start_step, start_value, end_value, end_step = spec
-    frac = jnp.clip((step - start_step) / max(end_step - start_step, 1), 0.0, 1.0)
+    frac = jnp.clip((step - start_step) / jnp.maximum(end_step - start_step, 1), 0.0, 1.0)
     return start_value + frac * (end_value - start_value)
 
 
-def object_sds_weight(step, every=1000):
-    """floor(step / 1000) / 10: the object prompt's SDS term grows in from zero."""
+def object_sds_weight(step, every):
+    """floor(step / every) / 10: the object prompt's SDS term grows in from zero (the release:
+    every 1000 steps)."""
     return jnp.floor(step / every) / 10.0
 
 
-def object_shape_weight(step, shape_weights):
-    """shape_weights[0] before step 1000 or after 9000, [1] before 2000 or after 8000, else [2]."""
+def object_shape_weight(step, shape_weights, steps):
+    """shape_weights[0] before steps[0] or after steps[3], [1] before steps[1] or after steps[2],
+    else [2] (the release: steps 1000, 2000, 8000, 9000 of its 10 000)."""
     w0, w1, w2 = shape_weights
-    outer = (step < 1000) | (step > 9000)
-    middle = (step < 2000) | (step > 8000)
+    outer = (step < steps[0]) | (step > steps[3])
+    middle = (step < steps[1]) | (step > steps[2])
     return jnp.where(outer, w0, jnp.where(middle, w1, w2))
 
 
@@ -58,8 +61,8 @@ def _occupancy_from_density(density, density_scale):
     return jnp.clip(1.0 - jnp.exp(-density_scale * density), 0.0, 1.1)
 
 
-def human_shape_loss(density, body_occupancy, body_distance, valid, density_scale=0.2, sigma=0.4):
-    """SPEC 2.5 "type 2": the human field fills the body and fades away from its surface.
+def human_shape_loss(density, body_occupancy, body_distance, valid, density_scale, sigma):
+    """docs/method.md §2.5 "type 2": the human field fills the body and fades away from its surface.
 
     Inside the body: sum 9.21 (1 - p); outside: sum 9.21 p (1 - exp(-d^2 / (2 sigma^2))), with
     p = clamp(1 - exp(-0.2 density), 0, 1.1) and d the distance to the body surface. All [S].
@@ -72,8 +75,8 @@ def human_shape_loss(density, body_occupancy, body_distance, valid, density_scal
     return SHAPE_LOSS_SCALE * jnp.sum(jnp.where(valid, per_sample, 0.0))
 
 
-def object_shape_loss(density, body_occupancy, valid, density_scale=0.2):
-    """SPEC 2.5 "type 3": sum 9.21 p over object samples inside the body (push the object out)."""
+def object_shape_loss(density, body_occupancy, valid, density_scale):
+    """docs/method.md §2.5 "type 3": sum 9.21 p over object samples inside the body (push the object out)."""
     p = _occupancy_from_density(density, density_scale)
     inside = (body_occupancy > 0.5) & valid
     return SHAPE_LOSS_SCALE * jnp.sum(jnp.where(inside, p, 0.0))

@@ -26,7 +26,7 @@ With `--clip` (CLIP ViT-B/32, transformers layout):
 - clip_score: mean cosine similarity of the interaction views' image features to the interaction
   prompt's text feature (InterFusion reports 0.3308 over its 61 prompts);
 - clip_r_precision: the fraction of interaction views whose best-matching prompt, among the run's
-  interaction prompt and the interaction prompts of the 11 release scenes (configs/, SPEC 2.6),
+  interaction prompt and the interaction prompts of the 11 release scenes (configs/, docs/method.md §2.6),
   is the run's own (InterFusion reports 83.6%).
 """
 import argparse
@@ -35,8 +35,7 @@ import importlib
 import json
 import math
 import os
-import sys
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,18 +44,17 @@ import scipy.ndimage
 import scipy.spatial
 from tqdm import tqdm
 
-from interfusion_jax.checkpoint import latest_step, restore_checkpoint
-from interfusion_jax.config import ConfigError, load_config
-from interfusion_jax.evaluate import EVAL_VIEWS, make_eval_renderer, render_circle
-from interfusion_jax.scene import VIEW_PARTS, run_body, scene_views
-from interfusion_jax.train_step import TrainState, init_state, make_scene_model
+from ifcommon import command_line, save_text
+from interfusion_jax.evaluate import render_circle
+from interfusion_jax.run_dir import load_run
+from interfusion_jax.scene import EVAL_VIEWS, VIEW_TABLE, scene_views
 from nerf import material
 from nerf.cameras import circle_cameras, generate_rays
 from nerf.mesh import extract_mesh
-from pose import BodyPrior, load_clip
-from pose.atomic_io import save_text
-from pose.mesh_raycast import render_reference
-from pose.reference_scene import reference_scene
+from body import BodyPrior
+from pose import load_clip
+from interfusion_jax.mesh_raycast import render_reference
+from interfusion_jax.reference_scene import reference_scene
 
 GRID_RESOLUTION = 128
 DENSITY_SCALE = 0.2
@@ -269,41 +267,6 @@ def scene_metrics(object_density, human_density, body, radius, resolution=GRID_R
     return out
 
 
-class Run(NamedTuple):
-    """A trained run: its config, scene model, state (a TrainState with the params, grids, centre
-    and step of the last checkpoint; no optimiser state or key), guide body and body model."""
-
-    cfg: Any
-    model: Any
-    state: Any
-    guide: Any
-    body: Any
-
-
-def load_run(run_dir):
-    """RUN_DIR (config.py, ckpt/) -> Run; FileNotFoundError naming the missing path."""
-    if not os.path.isdir(run_dir):
-        raise FileNotFoundError(f"no run directory {run_dir}")
-    config_path = os.path.join(run_dir, "config.py")
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"no config.py in {run_dir} (a run directory of "
-                                "interfusion_jax.train holds config.py and ckpt/)")
-    ckpt = os.path.join(run_dir, "ckpt")
-    if latest_step(ckpt) is None:
-        raise FileNotFoundError(f"no checkpoint in {ckpt}")
-    cfg = load_config(config_path)
-    body, guide = run_body(cfg)
-    # The body prior only shapes training losses; evaluation never reads it.
-    model = make_scene_model(cfg, guide.head, None)
-    shapes = jax.eval_shape(functools.partial(init_state, model, cfg), jax.random.PRNGKey(0))
-    # The item names and layout are train.py's checkpoint (params; scene = grids and centre).
-    step, items, _ = restore_checkpoint(
-        ckpt, {"params": shapes.params, "scene": {"grids": shapes.grids, "center": shapes.center}})
-    state = TrainState(step=jnp.asarray(step, jnp.int32), params=items["params"], opt_state=None,
-                       key=None, **items["scene"])
-    return Run(cfg, model, state, guide, body)
-
-
 def has_reference(cfg):
     """Whether the run's config names a reference scene."""
     reference = cfg.get("reference")
@@ -320,7 +283,7 @@ def _reference_rgb(scene, origins, directions, parts, shading):
 
 def reference_psnr(run, scene, frames):
     """PSNR per view kind of the test renders frames (uint8 [V, 3, S, S, 3], render_circle of the
-    same `len(frames)` views) against the reference scene (a pose.reference_scene.ReferenceScene)
+    same `len(frames)` views) against the reference scene (a interfusion_jax.reference_scene.ReferenceScene)
     from the same cameras, with the same shading."""
     cfg, state = run.cfg, run.state
     n, size = frames.shape[0], frames.shape[2]
@@ -329,13 +292,14 @@ def reference_psnr(run, scene, frames):
     refs = np.zeros(frames.shape, np.float32)
     for i in tqdm(range(n), desc="metrics: reference views", leave=False):
         c2ws, lights = scene_views(cams.c2w[i], cams.light_position[i], state.center,
-                                   run.model.head, (1.0, 1.0, 1.0, 1.0))
-        for v in range(len(EVAL_VIEWS)):  # the first views of scene.VIEWS
+                                   run.model.head, (1.0,) * len(VIEW_TABLE))
+        evaluated = [(v, view) for v, view in enumerate(VIEW_TABLE) if view.evaluated]
+        for e, (v, view) in enumerate(evaluated):
             shading = material.eval_shading(lights[v], state.step,
                                             cfg.material.ambient_only_steps)
             rgb = _reference_rgb(scene, *generate_rays(c2ws[v], cams.fovy[i], size, size),
-                                 VIEW_PARTS[v], shading)
-            refs[i, v] = np.asarray(rgb).reshape(size, size, 3)
+                                 view.fields, shading)
+            refs[i, e] = np.asarray(rgb).reshape(size, size, 3)
     return {f"psnr_{name}": psnr(frames[:, v] / 255.0, np.clip(refs[:, v], 0.0, 1.0))
             for v, name in enumerate(EVAL_VIEWS)}
 
@@ -373,8 +337,7 @@ def run_metrics(run, clip=None, views=8, resolution=None, grid_resolution=GRID_R
         cfg.train.object_center_density_scale, ref_object))
     if clip is not None or reference is not None:
         size = resolution or cfg.test.resolution
-        render = make_eval_renderer(model, size, cfg.material.ambient_only_steps)
-        frames = render_circle(render, state, cfg, views, "metrics: test views")
+        frames = render_circle(run.render, state, cfg, views, size, "metrics: test views")
         metrics.update(views=views, resolution=size)
         if reference is not None:
             metrics.update(reference_psnr(run, reference, frames))
@@ -400,14 +363,10 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None):
+@command_line
+def main(argv):
     a = parse_args(argv)
-    try:
-        metrics = evaluate_run(a.run_dir, a.clip, a.views, a.resolution, a.grid)
-    except (FileNotFoundError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(json.dumps(metrics))
+    print(json.dumps(evaluate_run(a.run_dir, a.clip, a.views, a.resolution, a.grid)))
 
 
 if __name__ == "__main__":

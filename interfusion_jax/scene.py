@@ -1,19 +1,47 @@
-"""Scene-level pieces of the interaction stage: the four views per step and the object centre.
+"""The four views of the interaction stage, one table that training, evaluation, guidance and
+metrics read; the guide body of a run; the object centre.
 
 From one sampled camera (position p, rotation R) the release renders four views that share R
-(SPEC 2.4): object at 0.7 p + c, human at 0.7 p, interaction at 0.8 p + c/2, head at 0.2 p + head,
-where c is the object centre; lights move by the same offsets. At evaluation the scales are 1.
+(docs/method.md §2.4): object at 0.7 p + c, human at 0.7 p, interaction at 0.8 p + c/2, head at
+0.2 p + head, where c is the object centre; lights move by the same offsets. At evaluation the
+scales are 1. Each view has its prompt (prompts.<view>), shows one field or both (both: the
+composite render, object first) and marches one occupancy grid.
 """
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from pose import guide_body, load_body, load_pose
+from nerf.render import (render_composite, render_composite_complete, render_field,
+                         render_field_complete)
+from body import guide_body, load_body, load_pose
 
-VIEWS = ("object", "human", "interaction", "head")
-# What each view shows: its field(s), and the parts of a reference scene.
-VIEW_PARTS = (("object",), ("human",), ("object", "human"), ("human",))
+
+class View(NamedTuple):
+    """One row of the view table."""
+
+    name: str  # also its prompt's key and its camera scale's key (camera.<name>_scale)
+    fields: tuple  # the fields it shows, and the parts of a reference scene it shows
+    grid: str  # the occupancy grid it marches
+    offset: tuple  # (a, b): its camera and light move by a * object centre + b * head
+    evaluated: bool  # shown in validation sheets, test videos and metrics
+
+
+VIEW_TABLE = (
+    View("object", ("object",), "object", (1.0, 0.0), True),
+    View("human", ("human",), "human", (0.0, 0.0), True),
+    View("interaction", ("object", "human"), "interaction", (0.5, 0.0), True),
+    View("head", ("human",), "human", (0.0, 1.0), False),
+)
+VIEWS = tuple(v.name for v in VIEW_TABLE)
+EVAL_VIEWS = tuple(v.name for v in VIEW_TABLE if v.evaluated)
+VIEW_PARTS = tuple(v.fields for v in VIEW_TABLE)
+FIELDS = ("object", "human")
+GRIDS = FIELDS + ("interaction",)
+# The material draws of a training step, one per (view, field) shown: every material call of the
+# release draws its own shading. First each view's first field, then the composite's second.
+SHADING_DRAWS = tuple((v, view.fields[0]) for v, view in enumerate(VIEW_TABLE)) + tuple(
+    (v, field) for v, view in enumerate(VIEW_TABLE) for field in view.fields[1:])
 
 
 class Views(NamedTuple):
@@ -40,23 +68,53 @@ def view_shading(views, part, v):
     return jax.tree_util.tree_map(lambda a: a[v], stacked)
 
 
+def stacked_shadings(draws):
+    """draws {(view index, field): Shading} -> (object_shading, human_shading) stacked over the
+    four views; a view without the field repeats that field's first draw (unused)."""
+    def stack(field):
+        first = next(s for (_, f), s in draws.items() if f == field)
+        per_view = [draws.get((v, field), first) for v in range(len(VIEW_TABLE))]
+        return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *per_view)
+
+    return stack("object"), stack("human")
+
+
+def render_view(view, key, origins, directions, grids, fns, march):
+    """One training render of `view` (a View) along rays [N,3]: its grid, its field (fns: field
+    name -> nerf FieldFns) or, with two fields, the composite of both."""
+    grid = grids[view.grid]
+    if len(view.fields) == 1:
+        return render_field(key, origins, directions, grid, fns[view.fields[0]], march)
+    return render_composite(key, origins, directions, grid, *(fns[f] for f in view.fields), march)
+
+
+def render_view_complete(view, origins, directions, grids, fns, march):
+    """The evaluation render of `view`, no ray cut short (see render_view)."""
+    grid = grids[view.grid]
+    if len(view.fields) == 1:
+        return render_field_complete(origins, directions, grid, fns[view.fields[0]], march)
+    return render_composite_complete(origins, directions, grid, *(fns[f] for f in view.fields),
+                                     march)
+
+
 def run_body(cfg):
-    """The run's body model and its guide body (SPEC 2.1) from the `body` config block."""
+    """The run's body model and its guide body (docs/method.md §2.1) from the `body` config
+    block."""
     # The release's guide body (num_pca_comps=12) has SMPL-X's mean hand pose, not flat hands.
     body = load_body(cfg.body.body_model or None, flat_hand_mean=False)
     return body, guide_body(body, load_pose(cfg.body.pose), cfg.body.mode)
 
 
 def view_offsets(center, head):
-    """[4,3] offsets of the object, human, interaction and head views."""
-    return jnp.stack([center, jnp.zeros_like(center), center / 2.0, head])
+    """[4,3] offsets of the four views (VIEW_TABLE's offset column)."""
+    return jnp.stack([a * center + b * head for a, b in (v.offset for v in VIEW_TABLE)])
 
 
 def scene_views(c2w, light, center, head, scales):
     """One camera -> the four views' camera-to-world matrices [4,4,4] and light positions [4,3].
 
     c2w [4,4] (camera position in column 3), light [3], center [3], head [3],
-    scales: the four position scales (0.7, 0.7, 0.8, 0.2 in training; ones at evaluation).
+    scales: the four position scales (camera.<view>_scale in training; ones at evaluation).
     """
     offsets = view_offsets(center, head)
     positions = jnp.asarray(scales, c2w.dtype)[:, None] * c2w[None, :3, 3] + offsets
@@ -64,7 +122,7 @@ def scene_views(c2w, light, center, head, scales):
     return c2ws, light[None, :] + offsets
 
 
-def object_center(density_fn, previous, radius, resolution=128, density_scale=0.2, chunk=2**18):
+def object_center(density_fn, previous, radius, resolution, density_scale, chunk=2**18):
     """Mean of the grid points where the object is opaque: 1 - exp(-0.2 density) > 0.5.
 
     density_fn: points [N,3] -> density [N]. The grid spans [-radius, radius]^3 at `resolution`^3

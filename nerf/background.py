@@ -1,4 +1,4 @@
-"""Per-field background: an MLP on the view direction (SPEC 2.2, threestudio's
+"""Per-field background: an MLP on the view direction (docs/method.md §2.2, threestudio's
 `neural-environment-map-background`).
 
 Encoding: tiny-cuda-nn's `SphericalHarmonics`, whose `degree` d gives d² real SH coefficients

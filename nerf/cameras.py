@@ -1,4 +1,4 @@
-"""Cameras of the interaction stage (SPEC 2.1, 2.4), as threestudio's camera datasets make them.
+"""Cameras of the interaction stage (docs/method.md §2.1, §2.4), as threestudio's camera datasets make them.
 
 Scene frame z-up; a camera at elevation e, azimuth a, distance d sits at
 (d cos e cos a, d cos e sin a, d sin e) and looks at the centre with +z up. Camera-to-world
@@ -7,6 +7,8 @@ matrices follow OpenGL: the camera looks down its -z axis, x right, y up.
 import flax
 import jax
 import jax.numpy as jnp
+
+from ifcommon.geometry import normalize
 
 
 @flax.struct.dataclass
@@ -23,9 +25,6 @@ class Camera:
     light_position: jax.Array
 
 
-def _normalize(v):
-    return v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
-
 
 def spherical_position(elevation_deg, azimuth_deg, distance):
     e, a = jnp.deg2rad(elevation_deg), jnp.deg2rad(azimuth_deg)
@@ -39,12 +38,12 @@ def look_at(position, center, up):
     When the view is parallel to `up` (straight down at elevation 90 without jitter) the scene x
     axis stands in for it, so the matrix stays a rotation instead of NaN.
     """
-    forward = _normalize(center - position)
+    forward = normalize(center - position)
     right = jnp.cross(forward, up)
     fallback = jnp.cross(forward, jnp.broadcast_to(jnp.array([1.0, 0.0, 0.0]), forward.shape))
     degenerate = jnp.linalg.norm(right, axis=-1, keepdims=True) < 1e-6
-    right = _normalize(jnp.where(degenerate, fallback, right))
-    true_up = _normalize(jnp.cross(right, forward))
+    right = normalize(jnp.where(degenerate, fallback, right))
+    true_up = normalize(jnp.cross(right, forward))
     rot = jnp.stack([right, true_up, -forward], -1)
     top = jnp.concatenate([rot, position[..., :, None]], -1)
     bottom = jnp.broadcast_to(jnp.array([0.0, 0.0, 0.0, 1.0]), top.shape[:-2] + (1, 4))
@@ -67,17 +66,17 @@ def magic3d_light(key, camera_position, distance_range=(0.8, 1.5)):
     dist = _uniform(k_dist, distance_range)
     az = _uniform(k_az, (-2.0 * jnp.pi, -jnp.pi))
     el = _uniform(k_el, (jnp.pi / 6.0, jnp.pi / 2.0))
-    z = _normalize(camera_position)
-    x = _normalize(jnp.stack([z[1], -z[0], jnp.zeros_like(z[0])]))
-    y = _normalize(jnp.cross(z, x))
+    z = normalize(camera_position)
+    x = normalize(jnp.stack([z[1], -z[0], jnp.zeros_like(z[0])]))
+    y = normalize(jnp.cross(z, x))
     local = dist * jnp.stack([jnp.cos(el) * jnp.cos(az), jnp.cos(el) * jnp.sin(az), jnp.sin(el)])
     return jnp.stack([x, y, z], -1) @ local
 
 
-def random_camera(key, *, elevation_range=(-30.0, 90.0), azimuth_range=(-180.0, 180.0),
-                  distance_range=(2.5, 3.0), fovy_range=(40.0, 70.0), position_jitter=0.1,
-                  center_jitter=0.2, up_jitter=0.02, light_distance_range=(0.8, 1.5)):
-    """One random training camera (threestudio's RandomCameraIterableDataset, batch 1).
+def random_camera(key, *, elevation_range, azimuth_range, distance_range, fovy_range,
+                  position_jitter, center_jitter, up_jitter, light_distance_range):
+    """One random training camera (threestudio's RandomCameraIterableDataset, batch 1); the
+    release's numbers are configs/base.py's `camera` block.
 
     Elevation: half the time uniform in degrees, half uniform on the sphere (inverse-CDF in
     sin e). Then position jitter U(+-position_jitter), look-at centre jitter N(0, center_jitter),
@@ -124,6 +123,6 @@ def generate_rays(c2w, fovy, height, width):
     i, j = jnp.meshgrid(jnp.arange(width) + 0.5, jnp.arange(height) + 0.5, indexing="xy")
     cam = jnp.stack([(i - width / 2.0) / focal, -(j - height / 2.0) / focal,
                      -jnp.ones_like(i)], -1).reshape(-1, 3)
-    directions = _normalize(cam @ c2w[:3, :3].T)
+    directions = normalize(cam @ c2w[:3, :3].T)
     origins = jnp.broadcast_to(c2w[:3, 3], directions.shape)
     return origins, directions

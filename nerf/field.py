@@ -1,4 +1,4 @@
-"""The implicit volume of one field (SPEC 2.2, threestudio's `implicit-volume`).
+"""The implicit volume of one field (docs/method.md §2.2, threestudio's `implicit-volume`).
 
 Points x in scene coordinates inside the box [−r, r]^3 are mapped to [0,1]^3 by (x + r) / (2r),
 encoded by the hash grid, and read by two MLPs (encoding → 64 → ReLU → 1 for density,

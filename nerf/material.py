@@ -1,4 +1,4 @@
-"""Diffuse material with a point light and the per-step shading choice (SPEC 2.2, threestudio's
+"""Diffuse material with a point light and the per-step shading choice (docs/method.md §2.2, threestudio's
 `diffuse-with-point-light-material`).
 
 A `Shading` is a small pytree so that a jitted step can take a different one every call:
@@ -37,9 +37,10 @@ def make_shading(light_position, mode="diffuse", ambient=AMBIENT, diffuse=DIFFUS
                    jnp.asarray(ambient, jnp.float32), jnp.asarray(diffuse, jnp.float32))
 
 
-def sample_shading(key, step, light_position, soft_shading=True, ambient_only_steps=2001,
-                   albedo_prob=0.25, textureless_prob=0.5):
-    """The training shading of one step (jittable in key, step and light_position).
+def sample_shading(key, step, light_position, *, soft_shading, ambient_only_steps, albedo_prob,
+                   textureless_prob):
+    """The training shading of one step (jittable in key, step and light_position); the release's
+    numbers are configs/base.py's `material` block.
 
     Before `ambient_only_steps` the render is the albedo (ambient 1, diffuse 0). Afterwards: albedo
     with probability `albedo_prob`, else textureless with probability `textureless_prob`, else
@@ -62,7 +63,7 @@ def sample_shading(key, step, light_position, soft_shading=True, ambient_only_st
                    ambient.astype(jnp.float32), diffuse.astype(jnp.float32))
 
 
-def eval_shading(light_position, step, ambient_only_steps=2001):
+def eval_shading(light_position, step, ambient_only_steps):
     """Validation/test shading (threestudio's eval): albedo during the ambient-only phase, then
     diffuse with the fixed ambient 0.1 and diffuse 0.9."""
     mode = jnp.where(step < ambient_only_steps, ALBEDO, DIFFUSE)

@@ -2,7 +2,7 @@
 
 Threshold rules (`extract_mesh`'s threshold):
 - "release": the release's (threestudio `isosurface` with `isosurface_threshold: auto`, coarse to
-  fine, outliers removed; SPEC 2.6). The level is the mean of the grid's densities above 1e-5; a
+  fine, outliers removed; docs/method.md §2.6). The level is the mean of the grid's densities above 1e-5; a
   first mesh on the whole box gives a tight box, grown by 10% of its size on each side (within the
   box), and a second pass on a grid of the same resolution there, with the level taken anew from
   that grid, gives the mesh. Each pass drops the connected components with fewer faces than 1% of
@@ -14,7 +14,6 @@ Threshold rules (`extract_mesh`'s threshold):
 - a number: that density level, one pass over the box.
 """
 import os
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +21,8 @@ import numpy as np
 import skimage.measure
 import tqdm
 import trimesh
+
+from ifcommon import atomic_write
 
 MESH_FORMATS = (".obj", ".ply", ".glb")
 THRESHOLD_RULES = ("release", "auto")
@@ -140,6 +141,14 @@ def extract_mesh(density_fn, albedo_fn, bound, resolution=128, threshold="releas
     return mesh
 
 
+def mesh_file_name(name, mesh_format):
+    """`name.mesh_format` for a format of MESH_FORMATS ("glb", "obj" or "ply"); ValueError else."""
+    if f".{mesh_format}" not in MESH_FORMATS:
+        raise ValueError(f"mesh format {mesh_format!r} is not one of "
+                         f"{', '.join(f[1:] for f in MESH_FORMATS)}")
+    return f"{name}.{mesh_format}"
+
+
 def export_mesh(mesh, path):
     """Write `mesh` to `path` (.obj, .ply or .glb by suffix) atomically; returns the path."""
     path = os.fspath(path)
@@ -147,15 +156,5 @@ def export_mesh(mesh, path):
     if suffix not in MESH_FORMATS:
         raise ValueError(f"nerf.mesh: cannot write {path!r}: suffix {suffix!r} is not one of "
                          f"{', '.join(MESH_FORMATS)}")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=folder, prefix=".tmp_mesh_")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            mesh.export(f, file_type=suffix[1:])
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda tmp: mesh.export(tmp, file_type=suffix[1:]), suffix)
     return path

@@ -1,4 +1,4 @@
-"""Occupancy grid over the bounding box: which cells may hold density (SPEC 2.3).
+"""Occupancy grid over the bounding box: which cells may hold density (docs/method.md §2.3).
 
 One level of R^3 cells over [-radius, radius]^3. The state is a pytree that lives in the training
 state and is checkpointed. The update follows nerfacc 0.5 (`OccGridEstimator._update`), which the

@@ -1,4 +1,4 @@
-"""Volume rendering of one field and of the object/human composite (SPEC 2.3).
+"""Volume rendering of one field and of the object/human composite (docs/method.md §2.3).
 
 A field is given as pure callables (params closed over), see `FieldFns`. Renders return per-ray
 images [N,...] and per-sample arrays over the fixed buffer [S,...] with `valid` and `ray_index`
@@ -17,6 +17,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ifcommon.geometry import normalize
 from nerf.sampler import sample_points, sample_rays, transmittance
 
 WHITE_PROB = 0.5
@@ -48,13 +49,10 @@ def _clean(out, valid):
     return cleaned, jnp.sum(nan).astype(jnp.int32)
 
 
-def _normalize(v, eps=1e-12):
-    return v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), eps)
-
 
 def _pick_background(key, backgrounds, mode):
     """Background colour [N,3]: `mode` names one of `backgrounds` (a dict) or "white"; "random"
-    picks one of them uniformly, then white with probability 0.5 (SPEC 2.3)."""
+    picks one of them uniformly, then white with probability 0.5 (docs/method.md §2.3)."""
     white = jnp.ones_like(next(iter(backgrounds.values())))
     if mode == "white":
         return white
@@ -89,7 +87,7 @@ def _sums(samples, weights, rgb, normal, num_rays):
 
 def _images(sums, bg):
     opacity = sums["opacity"]
-    comp_normal = (_normalize(sums["normal"]) + 1.0) / 2.0
+    comp_normal = (normalize(sums["normal"]) + 1.0) / 2.0
     return dict(
         comp_rgb=sums["rgb_fg"] + bg * (1.0 - opacity[:, None]),
         comp_rgb_fg=sums["rgb_fg"],
@@ -178,7 +176,7 @@ def render_field(key, origins, directions, grid, field, march, *, stratified=Tru
 
 def render_composite(key, origins, directions, grid, obj, human, march, *, stratified=True,
                      background="random"):
-    """Interaction render of the object and human fields on one shared sample set (SPEC 2.3).
+    """Interaction render of the object and human fields on one shared sample set (docs/method.md §2.3).
 
     The grid and the pruning use density_o + density_h. Per sample:
     alpha = clip(alpha_o + sg(alpha_h), 0, 1), w_o = alpha_o / (alpha_o + sg(alpha_h) + 1e-10),

@@ -1,4 +1,4 @@
-"""Occupancy-grid ray marching into a fixed-size sample buffer, fair to every ray (SPEC 2.3).
+"""Occupancy-grid ray marching into a fixed-size sample buffer, fair to every ray (docs/method.md §2.3).
 
 Every ray marches with a fixed step dt from t = near (0, plus a uniform jitter in [0, dt) per ray
 in training). Step k covers [near + k dt, near + (k+1) dt]; it is a candidate when its midpoint
@@ -34,18 +34,19 @@ OPAQUE_TRANSMITTANCE = 0.01
 
 @dataclasses.dataclass(frozen=True)
 class MarchConfig:
-    """Static marching settings. Release: step 1.732 * 2 * radius / 512, alpha threshold 0.01.
+    """Static marching settings (configs/base.py's `render` block; the release: step
+    1.732 * 2 * radius / 512, alpha threshold 0.01).
 
     max_samples: sample slots of one render (the networks run on every slot). max_candidates:
     candidates whose density one pruning round evaluates; max_rounds: pruning rounds at most.
     """
 
-    radius: float = 2.0
-    num_steps_per_diagonal: int = 512
-    max_samples: int = 2**16
-    max_candidates: int = 2**18
-    max_rounds: int = 4
-    alpha_threshold: float = 0.01
+    radius: float
+    num_steps_per_diagonal: int
+    max_samples: int
+    max_candidates: int
+    max_rounds: int
+    alpha_threshold: float
     early_stop_eps: float = 1e-4
 
     @property

@@ -1,14 +1,7 @@
-"""pose."""
-from pose.body_model import BodyModel, load_body, load_smplx
-from pose.body_prior import BodyPrior
-from pose.body_render import Cameras, look_at_cameras, orbit_cameras, rasterize, render_mesh
-from pose.builtin_body import builtin_body
+"""The pose stage: a pose codebook (images from text, imported pose estimates, VPoser latents,
+k-means, multi-view body renders, CLIP features) and text-to-pose retrieval."""
 from pose.clip_model import Clip, load_clip
-from pose.codebook import PoseStageError, cluster_poses, load_codebook, pose_features, retrieve, save_codebook
-from pose.guide_body import GuideBody, body_to_scene, guide_body
+from pose.codebook import PoseStageError, cluster_poses, load_codebook, pose_features, save_codebook
 from pose.image_sheet import image_grid
-from pose.mesh_raycast import raycast, render_reference
-from pose.pose_files import PoseFileError, load_pose, read_poses
-from pose.presets import PRESETS, get_preset
-from pose.reference_scene import ReferenceScene, object_mesh, reference_scene
+from pose.retrieval import retrieve
 from pose.vposer import VPoser, VPoserModel, convert_vposer_checkpoint, load_vposer

@@ -5,7 +5,7 @@ The codebook file is an `.npz` with `poses` [K, 63] (axis-angle body poses), `fe
 clustering, seed). The command-line steps (`pose.gen_codebook`, `pose.gen_pose`,
 `pose.import_codebook`) are thin wrappers over this module.
 
-Render frame (SPEC 1.3): the release poses SMPL-X with global_orient (pi/2, 0, 0) and the rest-pose
+Render frame (docs/method.md §1.3): the release poses SMPL-X with global_orient (pi/2, 0, 0) and the rest-pose
 pelvis at the origin, then multiplies the vertices (rows) by [[1, 0, 0], [0, 0, -1], [0, 1, 0]],
 which undoes that rotation: neural_renderer's world frame is the body's own y-up frame, the body
 facing +z. Here that is global_orient 0 and the same translation. The release's eyes at azimuths
@@ -23,15 +23,14 @@ mirror images (its camera x axis is up x forward, the camera's left, drawn to th
 import dataclasses
 import json
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from pose.atomic_io import atomic_savez
-from pose.rotations import axis_angle_to_matrix, matrix_to_rot6d, rot6d_to_axis_angle
+from ifcommon import UserError, atomic_savez
+from body.rotations import axis_angle_to_matrix, matrix_to_rot6d, rot6d_to_axis_angle
 
 FORMAT = "interfusion-jax pose codebook v1"
 AZIMUTHS = (0.0, 90.0, 180.0, 270.0)
@@ -42,25 +41,10 @@ TEXEL_SIZE = 8  # texels along each edge of a face's texel cube (the release's t
 # The release textures its renders with a skin albedo map; without one, a flat light skin tone
 # keeps them reading to CLIP as a person of about the same overall colour.
 FLAT_ALBEDO = (0.8, 0.62, 0.52)
-QUERY_TEMPLATE = "a rendered 3d man is {}"
-# Retrieval's optional near-duplicate filter (off unless asked for, as in the release): it looks
-# through the PRE_TOPK best-scoring poses and drops each one whose mean absolute difference (over
-# the 63 axis-angle numbers) to a better-ranked kept pose is at most DEDUP_THRESHOLD.
-PRE_TOPK = 40
-DEDUP_THRESHOLD = 0.07
 
 
-class PoseStageError(Exception):
+class PoseStageError(UserError):
     """A user error (bad file, flag or size): the command-line steps print it as one line."""
-
-
-def run_cli(main):
-    """Run a step's main(), turning user errors (bad file, flag or size; a missing optional package) into
-    one line `error: ...` on stderr and exit code 1."""
-    try:
-        main()
-    except (PoseStageError, FileNotFoundError, ImportError) as e:
-        sys.exit(f"error: {e}")
 
 
 def save_codebook(path, poses, features, meta):
@@ -130,7 +114,7 @@ def posed_vertices(body, poses):
 
 @dataclasses.dataclass(frozen=True)
 class Views:
-    """Camera set-up of the codebook renders (SPEC 1.3). mirror: CLIP sees the renders flipped
+    """Camera set-up of the codebook renders (docs/method.md §1.3). mirror: CLIP sees the renders flipped
     left-right, as neural_renderer draws them (see the module docstring)."""
 
     azimuths: tuple = AZIMUTHS
@@ -143,7 +127,7 @@ class Views:
     def cameras(self, pose_ids, seed):
         """Cameras for len(pose_ids) x len(azimuths) views (pose-major); elevations ~ N(0, std) drawn
         from a stream per (seed, pose id), so they do not depend on how the job is chunked."""
-        from pose.body_render import orbit_cameras
+        from body.body_render import orbit_cameras
 
         az = np.tile(np.asarray(self.azimuths, np.float32), len(pose_ids))
         el = np.concatenate([np.random.default_rng([seed, int(i)]).normal(0.0, self.elevation_std_deg,
@@ -157,7 +141,7 @@ def render_views(body, poses, views, pose_ids, seed=0, texels=None):
     mirrored), masks [N, views, S, S], joints [N, J, 3] and the cameras (pose-major), in the
     release's look. texels: [F, T, T, T, 3] albedo texel cubes of body.faces
     (`body_render.neural_renderer_texels`); None = FLAT_ALBEDO."""
-    from pose.body_render import NEURAL_RENDERER, render_mesh
+    from body.body_render import NEURAL_RENDERER, render_mesh
 
     verts, joints = posed_vertices(body, poses)
     nv = len(views.azimuths)
@@ -198,46 +182,3 @@ def pose_features(body, clip, poses, views, seed=0, chunk=64, done=None, on_chun
             if on_chunk is not None:
                 on_chunk(feats[:hi])
     return feats
-
-
-def cosine_scores(features, query):
-    """features [K, D], query [D] -> [K] cosine similarities."""
-    f = features / np.maximum(np.linalg.norm(features, axis=-1, keepdims=True), 1e-12)
-    q = query / max(float(np.linalg.norm(query)), 1e-12)
-    return f @ q
-
-
-def suppress_near_duplicates(poses, threshold=DEDUP_THRESHOLD):
-    """poses [N, 63] in rank order -> indices of the poses kept, in that order. Greedy, as the
-    release's `suppress_duplicated_poses`: a pose is kept when its mean absolute difference to
-    every pose kept before it exceeds `threshold`; the first pose is always kept."""
-    poses = np.asarray(poses, np.float64).reshape(len(poses), -1)
-    kept = []
-    for i, pose in enumerate(poses):
-        if not kept or np.abs(poses[kept] - pose).mean(axis=1).min() > threshold:
-            kept.append(i)
-    return np.asarray(kept, np.int64)
-
-
-def retrieve(features, query, topk, poses=None, dedup_threshold=None, pre_topk=PRE_TOPK):
-    """-> (indices, scores) of the codebook poses best matching `query`, in descending cosine score.
-
-    Without `dedup_threshold`: the topk best. With it (needs the codebook `poses` [K, 63]): the
-    release's optional near-duplicate filter (`suppress_near_duplicates`) runs over the pre_topk
-    best (at most K) and the first topk survivors are returned; fewer when fewer survive.
-    """
-    k = len(features)
-    if topk > k:
-        raise PoseStageError(f"--topk {topk} is larger than the codebook ({k} poses)")
-    scores = cosine_scores(np.asarray(features, np.float64), np.asarray(query, np.float64))
-    order = np.argsort(-scores, kind="stable")
-    if dedup_threshold is None:
-        order = order[:topk]
-    else:
-        if poses is None or len(poses) != k:
-            raise ValueError(f"retrieve: the near-duplicate filter needs the codebook's {k} poses")
-        if pre_topk < topk:
-            raise PoseStageError(f"--pre_topk {pre_topk} is smaller than --topk {topk}")
-        order = order[:min(pre_topk, k)]
-        order = order[suppress_near_duplicates(np.asarray(poses)[order], dedup_threshold)][:topk]
-    return order, scores[order]

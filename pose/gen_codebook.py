@@ -1,7 +1,7 @@
 """Step 3: poses -> k-means centres (VPoser latent space, or 6D per joint without VPoser) ->
 4-view body renders -> CLIP image features averaged over views -> codebook `.npz`.
 
-Renders follow the release (SPEC 1.3; see pose.codebook): with --texture, the SMPL-X body is
+Renders follow the release (docs/method.md §1.3; see pose.codebook): with --texture, the SMPL-X body is
 textured as the release does it, from the UVs of `smplx_uv.obj` and the albedo `f_02_alb.002.png`
 sampled into 8x8x8 texels per face; without it, a flat skin-tone albedo.
 
@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from pose import codebook as cb
-from pose.atomic_io import atomic_savez
+from ifcommon import command_line, atomic_savez
 
 TEXTURE_FILES = ("smplx_uv.obj", "f_02_alb.002.png")  # as in the release's data/smplx_uv folder
 
@@ -90,7 +90,7 @@ def read_texture(folder, faces):
     be the body's, in order: the release pairs them by index."""
     from PIL import Image
 
-    from pose.body_render import neural_renderer_texels
+    from body.body_render import neural_renderer_texels
 
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"--texture {folder!r}: not a folder (expected one with "
@@ -116,8 +116,9 @@ def read_texture(folder, faces):
     return neural_renderer_texels(uv_faces, image, size=cb.TEXEL_SIZE)
 
 
+@command_line
 def main(argv=None):
-    from pose.body_model import load_body
+    from body import load_body
     from pose.clip_model import load_clip
 
     a = parse_args(argv)
@@ -173,4 +174,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cb.run_cli(main)
+    main()

@@ -16,7 +16,8 @@ import os
 import numpy as np
 
 from pose import codebook as cb
-from pose.atomic_io import save_npy, save_png, save_text
+from pose import retrieval
+from ifcommon import command_line, save_npy, save_png, save_text
 
 
 def parse_args(argv=None):
@@ -28,10 +29,10 @@ def parse_args(argv=None):
     p.add_argument("--dedup", action="store_true",
                    help="drop near-duplicate poses (the release's optional filter; off by default)")
     p.add_argument("--pre_topk", type=int, default=None,
-                   help=f"with --dedup: best-scoring poses the filter looks through (default {cb.PRE_TOPK})")
+                   help=f"with --dedup: best-scoring poses the filter looks through (default {retrieval.PRE_TOPK})")
     p.add_argument("--dedup_threshold", type=float, default=None,
                    help=f"with --dedup: largest mean absolute difference (radians, over the 63 numbers) "
-                        f"of a near-duplicate (default {cb.DEDUP_THRESHOLD})")
+                        f"of a near-duplicate (default {retrieval.DEDUP_THRESHOLD})")
     p.add_argument("--out", default="results/interfusion_poses", help="output folder")
     p.add_argument("--clip", default="weights/clip-vit-base-patch32", help="CLIP folder (transformers layout)")
     p.add_argument("--body", default=None, help="body model file for the renders; default: built-in body")
@@ -39,8 +40,9 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+@command_line
 def main(argv=None):
-    from pose.body_model import load_body
+    from body import load_body
     from pose.clip_model import load_clip
     from pose.image_sheet import image_grid
 
@@ -50,8 +52,8 @@ def main(argv=None):
     for flag, value in (("--pre_topk", a.pre_topk), ("--dedup_threshold", a.dedup_threshold)):
         if value is not None and not a.dedup:
             raise cb.PoseStageError(f"{flag} {value}: only used by the near-duplicate filter; add --dedup")
-    pre_topk = cb.PRE_TOPK if a.pre_topk is None else a.pre_topk
-    threshold = cb.DEDUP_THRESHOLD if a.dedup_threshold is None else a.dedup_threshold
+    pre_topk = retrieval.PRE_TOPK if a.pre_topk is None else a.pre_topk
+    threshold = retrieval.DEDUP_THRESHOLD if a.dedup_threshold is None else a.dedup_threshold
     if a.dedup and threshold < 0:
         raise cb.PoseStageError(f"--dedup_threshold {threshold}: must be at least 0")
     if a.dedup and pre_topk < a.topk:
@@ -61,8 +63,8 @@ def main(argv=None):
         raise cb.PoseStageError(f"--topk {a.topk} is larger than the codebook {a.codebook} ({len(poses)} poses)")
     clip = load_clip(a.clip)
     cb.check_feature_size(features, clip, a.codebook)
-    query = cb.QUERY_TEMPLATE.format(a.text)
-    idx, scores = cb.retrieve(features, np.asarray(clip.text_features([query]))[0], a.topk, poses=poses,
+    query = retrieval.QUERY_TEMPLATE.format(a.text)
+    idx, scores = retrieval.retrieve(features, np.asarray(clip.text_features([query]))[0], a.topk, poses=poses,
                               dedup_threshold=threshold if a.dedup else None, pre_topk=pre_topk)
 
     body = load_body(a.body)
@@ -93,4 +95,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cb.run_cli(main)
+    main()

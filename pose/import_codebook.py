@@ -4,6 +4,7 @@ import argparse
 
 import numpy as np
 
+from ifcommon import command_line
 from pose import codebook as cb
 
 
@@ -22,10 +23,12 @@ def read_release_codebook(path):
                                 f"https://download.pytorch.org/whl/cpu`, then rerun") from e
     data = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(data, dict) or not {"codebook", "codebook_embedding"} <= set(data):
-        raise cb.PoseStageError(f"--in {path}: expected a dict with 'codebook' [K, 63] and 'codebook_embedding' [K, 512]")
+        raise cb.PoseStageError(f"--in {path}: expected a dict with 'codebook' [K, 63] and "
+                                "'codebook_embedding' [K, 512]")
     return (np.asarray(data["codebook"].float().numpy()), np.asarray(data["codebook_embedding"].float().numpy()))
 
 
+@command_line
 def main(argv=None):
     a = parse_args(argv)
     poses, features = read_release_codebook(a.src)
@@ -40,4 +43,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cb.run_cli(main)
+    main()

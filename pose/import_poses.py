@@ -12,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pose import codebook as cb
-from pose.atomic_io import atomic_savez
+from ifcommon import command_line, atomic_savez
 
 
 def parse_args(argv=None):
@@ -39,7 +39,7 @@ def list_pose_files(inputs):
 
 def import_poses(inputs):
     """-> (poses [N, 63] float32, names [N], skipped [(file, reason)])."""
-    from pose.pose_files import read_poses
+    from body.pose_files import read_poses
 
     poses, names, skipped = [], [], []
     for path in tqdm(list_pose_files(inputs), desc="import poses", unit="file"):
@@ -57,6 +57,7 @@ def import_poses(inputs):
     return (np.concatenate(poses) if poses else np.zeros((0, 63), np.float32)), names, skipped
 
 
+@command_line
 def main(argv=None):
     a = parse_args(argv)
     poses, names, skipped = import_poses(a.inputs)
@@ -70,4 +71,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cb.run_cli(main)
+    main()

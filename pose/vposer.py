@@ -11,15 +11,14 @@ import dataclasses
 import functools
 import glob
 import os
-import sys
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pose.atomic_io import atomic_savez
-from pose.rotations import matrix_to_axis_angle, rot6d_to_matrix
+from ifcommon import UserError, atomic_savez, command_line
+from body.rotations import matrix_to_axis_angle, rot6d_to_matrix
 
 _BN = ("encoder_net.1", "encoder_net.4")
 _LINEAR = ("encoder_net.2", "encoder_net.6", "encoder_net.7", "encoder_net.8.mu", "encoder_net.8.logvar",
@@ -184,6 +183,7 @@ def load_vposer(path) -> VPoserModel:
     return VPoserModel(module=module, variables=variables, path=os.path.abspath(path))
 
 
+@command_line
 def main(argv=None):
     import argparse
 
@@ -194,8 +194,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     try:
         print("wrote", convert_vposer_checkpoint(a.ckpt, a.out))
-    except (ImportError, ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    except ValueError as e:  # a file that is not a VPoser checkpoint
+        raise UserError(str(e)) from None
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ import time
 import jax
 import numpy as np
 
-import pose
-from pose import body_render
+from body import PRESETS, BodyPrior, builtin_body, guide_body, orbit_cameras, render_mesh
+from body import body_render
 
 
 def _timed(fn):
@@ -34,9 +34,9 @@ def main():
         args.poses, args.chunk = 8, 16
     resolutions = (64,) if args.small else (128, 256)
 
-    body = pose.builtin_body()
+    body = builtin_body()
     rng = np.random.default_rng(0)
-    presets = np.stack(list(pose.PRESETS.values()))
+    presets = np.stack(list(PRESETS.values()))
     body_pose = presets[rng.integers(0, len(presets), args.poses)]
     body_pose = body_pose + rng.normal(0, 0.1, body_pose.shape).astype(np.float32)
     verts, _ = jax.jit(jax.vmap(body.forward))(body_pose)
@@ -44,7 +44,7 @@ def main():
     num_views = verts.shape[0]
     azimuth = np.tile([0.0, 90.0, 180.0, 270.0], args.poses)
     elevation = rng.normal(0.0, 0.3, num_views)
-    cams = pose.orbit_cameras(azimuth, elevation, 2.7, fov_deg=60.0, size=args.size)
+    cams = orbit_cameras(azimuth, elevation, 2.7, fov_deg=60.0, size=args.size)
     print(
         f"device: {jax.devices()[0].device_kind}; body: {body.faces.shape[0]} faces, "
         f"{verts.shape[1]} vertices"
@@ -54,13 +54,14 @@ def main():
     spans = np.asarray(body_render._face_spans(first_chunk[0], body.faces, first_chunk[1]))
     windows, groups, brute = body_render._plan(spans)
     sizes = ", ".join(f"{k}:{int(np.sum(g >= 0))}" for k, g in zip(windows, groups))
-    render = lambda: pose.render_mesh(
+    render = lambda: render_mesh(
         verts, body.faces, cams, vertex_colors=body.vertex_colors, chunk=args.chunk
     )["image"]
     _, first = _timed(render)
     images, second = _timed(render)
     print(
-        "| views | size | chunk | faces per window K (1st chunk) | brute-force faces | first call s | warm s | views/s |"
+        "| views | size | chunk | faces per window K (1st chunk) | brute-force faces | first call s | "
+        "warm s | views/s |"
     )
     print("|---|---|---|---|---|---|---|---|")
     print(
@@ -69,11 +70,11 @@ def main():
     )
     assert np.isfinite(np.asarray(images[:4])).all()
 
-    guide = pose.guide_body(body, presets[0], "default")
+    guide = guide_body(body, presets[0], "default")
     print("\n| prior resolution | cell cm | build s |")
     print("|---|---|---|")
     for res in resolutions:
-        build = lambda: pose.BodyPrior.build(guide.vertices, guide.faces, resolution=res).grid
+        build = lambda: BodyPrior.build(guide.vertices, guide.faces, resolution=res).grid
         _, seconds = _timed(build)
         print(f"| {res}^3 | {400 / (res - 1):.2f} | {seconds:.2f} |")
 

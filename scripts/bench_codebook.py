@@ -44,7 +44,7 @@ def timed(fn):
 
 def main():
     from pose import codebook as cb
-    from pose.body_model import load_body
+    from body import load_body
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--small", action="store_true", help="tiny CPU-sized run to check the script")
@@ -98,7 +98,7 @@ def main():
         src = rng.normal(0, 0.3, (a.kmeans_poses, 63)).astype(np.float32)
         _, t_km = timed(lambda: cb.cluster_poses(src, clusters)[0])
         rows.append((f"k-means {a.kmeans_poses} poses -> {clusters} (6D, CPU)", t_km))
-    print(f"\n| step | seconds |\n|---|---|")
+    print("\n| step | seconds |\n|---|---|")
     for name, t in rows:
         print(f"| {name} | {t:.2f} |")
 

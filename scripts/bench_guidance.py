@@ -1,6 +1,6 @@
 """Speed, memory and agreement of the Flax IF UNet against diffusers/PyTorch, on the full-scale stand-in.
 
-The 4.43 B-parameter stand-in of SPEC 3 (IF-I-XL's layout with block_out_channels [704, 1408, 2112,
+The 4.43 B-parameter stand-in of docs/method.md §3 (IF-I-XL's layout with block_out_channels [704, 1408, 2112,
 2816]; random weights, labelled as such) is built by diffusers on the GPU in fp16, timed, saved with
 save_pretrained (fp16 safetensors) and compared against an fp32 copy; then, in this process, loaded by
 `guidance.load_if_unet` in bfloat16, checked against the PyTorch outputs and timed. The PyTorch part runs
@@ -20,9 +20,11 @@ import sys
 import tempfile
 import time
 
+from ifcommon import atomic_savez, save_text
+
 _ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
-STAND_IN = {  # IF-I-XL's unet/config.json layout at the SPEC 3 stand-in size
+STAND_IN = {  # IF-I-XL's unet/config.json layout at the docs/method.md §3 stand-in size
     "act_fn": "gelu", "addition_embed_type": "text", "addition_embed_type_num_heads": 64,
     "attention_head_dim": 64, "block_out_channels": [704, 1408, 2112, 2816], "class_embed_type": None,
     "cross_attention_dim": 4096, "cross_attention_norm": "group_norm",
@@ -53,15 +55,11 @@ def _timed(fn, sync, warmup: int, iters: int) -> float:
 
 
 def _write_json(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    save_text(path, json.dumps(data, indent=1))
 
 
 def torch_phase(args):
     """Builds, times and saves the diffusers model; writes inputs and reference outputs."""
-    import numpy as np
     import torch
     from diffusers import UNet2DConditionModel
 
@@ -124,15 +122,13 @@ def torch_phase(args):
 
     arrays = {k: v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy() for k, v in inputs.items()}
     arrays["sample"] = arrays["sample"].transpose(0, 2, 3, 1)
-    tmp_npz = os.path.join(args.workdir, ".io.tmp.npz")
-    np.savez(tmp_npz, out_lowp_b2=out_b2.transpose(0, 2, 3, 1), out_fp32_b2=out_ref.transpose(0, 2, 3, 1),
-             **arrays)
-    os.replace(tmp_npz, os.path.join(args.workdir, "io.npz"))
+    atomic_savez(os.path.join(args.workdir, "io.npz"), out_lowp_b2=out_b2.transpose(0, 2, 3, 1),
+                 out_fp32_b2=out_ref.transpose(0, 2, 3, 1), **arrays)
     _write_json(os.path.join(args.workdir, "torch.json"), log)
 
 
 def _guided_eps(eps):
-    """Classifier-free guidance of SPEC 2.5 on a UNet output [2N, H, W, 6] = [conditional; unconditional]:
+    """Classifier-free guidance of docs/method.md §2.5 on a UNet output [2N, H, W, 6] = [conditional; unconditional]:
     first 3 channels, scale 20."""
     import jax.numpy as jnp
     eps_text, eps_uncond = jnp.split(eps[..., :3].astype(jnp.float32), 2)

@@ -1,12 +1,12 @@
 """UNet precision for score distillation: float32, bfloat16 and float16 on the full-scale stand-in.
 
-The 4.43 B-parameter stand-in of SPEC 3 (IF-I-XL's layout, random weights, labelled as such) is
+The 4.43 B-parameter stand-in of docs/method.md §3 (IF-I-XL's layout, random weights, labelled as such) is
 drawn once in float32 on the device and cast to bfloat16 and float16, so the three UNets share
 their weights. One SDS batch of the training step (four noisy 64x64 images, each with a text and
 an empty-prompt embedding: one batch-8 call) runs through each, and the table gives, per dtype,
 against float32:
 - the relative L2 error of the raw UNet output;
-- the relative error of the guided prediction eps_text + 20 (eps_text - eps_uncond) (SPEC 2.5);
+- the relative error of the guided prediction eps_text + 20 (eps_text - eps_uncond) (docs/method.md §2.5);
 - the cosine similarity of the SDS gradient (uniform weighting: guided prediction minus noise);
 - the forward time at batch 8 and the non-finite outputs.
 float32 runs its matrix products at full precision (no TF32), the yardstick.
@@ -124,7 +124,7 @@ def measure(config, args):
             outs = {d: np.asarray(fwd(params, *b).astype(jnp.float32)) for d, b in batches.items()}
             compile_s = time.perf_counter() - t0
             first = batches[args.deltas[0]]
-            ms = timed_ms(lambda: fwd(params, *first), args.warmup, args.iters)
+            ms = timed_ms(lambda p=params: fwd(p, *first), args.warmup, args.iters)
         nonfinite = sum(int(np.sum(~np.isfinite(o))) for o in outs.values())
         results[name] = dict(outs=outs, ms=ms, compile_s=compile_s, nonfinite=nonfinite)
         print(f"{name}: compile + first runs {compile_s:.1f} s, forward b8 {ms:.1f} ms",

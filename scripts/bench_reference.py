@@ -49,7 +49,7 @@ def main():
                       [f"train.max_steps={milestones[-1]}", f"output_dir={args.out}"]
                       + args.overrides)
     t_start = time.perf_counter()
-    model, state, guidance = build(cfg, jax.random.PRNGKey(cfg.seed))
+    model, state, guidance = build(cfg, jax.random.PRNGKey(cfg.seed))[:3]
     body, guide = run_body(cfg)
     step_fn = make_train_step(model, guidance, cfg)
     center_fn = jax.jit(lambda params, prev: object_center(

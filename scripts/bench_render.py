@@ -1,4 +1,4 @@
-"""Benchmark of the occupancy-grid renderers at release sizes (SPEC 2.2-2.4), for one GPU.
+"""Benchmark of the occupancy-grid renderers at release sizes (docs/method.md §2.2-2.4), for one GPU.
 
 Two release-size ImplicitVolume fields (2^19 entries x 16 levels x 2 features) at their initial
 blob density, with the occupancy grid updated a few times (warm-up updates, as in training);
@@ -12,6 +12,7 @@ of a training step (object, human, composite, head) in one jitted call.
     python scripts/bench_render.py --small    # tiny sizes, runs on CPU
 """
 import argparse
+import dataclasses
 import time
 
 import jax
@@ -24,7 +25,8 @@ from nerf.field import ImplicitVolume, make_density_fn, make_radiance_fn
 from nerf.material import make_shading
 from nerf.occupancy import init_grid, update_grid
 from nerf.render import FieldFns, render_composite, render_field
-from nerf.sampler import MarchConfig
+from configs.base import get_config
+from interfusion_jax.train_step import StepSettings, march_config
 
 
 def parse_args():
@@ -54,20 +56,22 @@ def timed(fn, args, iters, warmup=3):
 
 def main():
     args = parse_args()
+    base = get_config()
+    release = march_config(base)
     if args.small:
         size, iters = 16, args.iters or 3
         volume = ImplicitVolume(n_levels=4, log2_hashmap_size=12, base_resolution=16,
                                 per_level_scale=2.0, mlp_hidden=16)
-        march = MarchConfig(max_samples=2**13, max_candidates=2**14)
-        dense = MarchConfig(max_samples=2**17, max_candidates=2**17, alpha_threshold=0.0,
-                            early_stop_eps=0.0)
+        march = dataclasses.replace(release, max_samples=2**13, max_candidates=2**14)
+        dense = dataclasses.replace(release, max_samples=2**17, max_candidates=2**17,
+                                    alpha_threshold=0.0, early_stop_eps=0.0)
     else:
         size, iters = 64, args.iters or 50
         volume = ImplicitVolume()
-        march = MarchConfig(max_samples=args.max_samples, max_candidates=args.max_candidates,
-                            max_rounds=args.max_rounds)
-        dense = MarchConfig(max_samples=2**21, max_candidates=2**21, alpha_threshold=0.0,
-                            early_stop_eps=0.0)
+        march = dataclasses.replace(release, max_samples=args.max_samples,
+                                    max_candidates=args.max_candidates, max_rounds=args.max_rounds)
+        dense = dataclasses.replace(release, max_samples=2**21, max_candidates=2**21,
+                                    alpha_threshold=0.0, early_stop_eps=0.0)
 
     key = jax.random.PRNGKey(args.seed)
     k_o, k_h, k_bo, k_bh, k_cam, k_grid, k_render = jax.random.split(key, 7)
@@ -77,7 +81,7 @@ def main():
                   bg_obj=background.init(k_bo, x0), bg_human=background.init(k_bh, x0))
     density_fn, radiance_fn = make_density_fn(volume), make_radiance_fn(volume)
 
-    cam = random_camera(k_cam)
+    cam = random_camera(k_cam, **StepSettings.from_config(base).camera)
     shading = make_shading(cam.light_position, "diffuse")
 
     def fields(p):

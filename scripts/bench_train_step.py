@@ -2,13 +2,16 @@
 
 One jitted step = a random camera, four renders (object, human, interaction, head; 64x64 rays,
 2^19-entry x 16-level hash grids), one batch-8 IF UNet call for the four SDS terms, the losses and
-the Adam update. The UNet is the 4.43 B-parameter stand-in of SPEC 3 (IF-I-XL's layout, random
+the Adam update. The UNet is the 4.43 B-parameter stand-in of docs/method.md §3 (IF-I-XL's layout, random
 weights, labelled as such) in bfloat16; the prompt embeddings are random. Prints one table.
 
     GPU:        python scripts/bench_train_step.py
     CPU check:  python scripts/bench_train_step.py --small
 """
 import argparse
+import collections
+import gzip
+import json
 import os
 import statistics
 import sys
@@ -22,7 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from guidance import IFUNet  # noqa: E402
 from interfusion_jax.config import load_config  # noqa: E402
-from interfusion_jax.guidance_setup import DEMO_UNET, MAX_LENGTH, if_guidance  # noqa: E402
+from guidance import MAX_LENGTH  # noqa: E402
+from interfusion_jax.guidance_setup import DEMO_UNET, if_guidance  # noqa: E402
 from interfusion_jax.train import build  # noqa: E402
 from interfusion_jax.train_step import make_train_step  # noqa: E402
 from scripts.bench_guidance import STAND_IN  # noqa: E402
@@ -50,12 +54,38 @@ def stand_in_guidance(cfg, unet_config, dtype, key):
     return if_guidance(cfg, module, params, embeddings, f"stand-in {n / 1e9:.2f} B"), n
 
 
+def kernel_table(trace_dir, steps, top=25):
+    """Device time per step by kernel name, from the perfetto trace jax.profiler wrote."""
+    path = next(os.path.join(d, f) for d, _, fs in os.walk(trace_dir) for f in fs
+                if f == "perfetto_trace.json.gz")
+    with gzip.open(path) as f:
+        trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    # Device streams are the threads whose process is named after the GPU.
+    gpu_pids = {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
+                and "/device:GPU" in str(e.get("args", {}).get("name", ""))}
+    if not gpu_pids:
+        names = {str(e.get("args", {}).get("name")) for e in events if e.get("name") == "process_name"}
+        return f"no GPU streams in {path}; processes: {sorted(names)}"
+    totals = collections.Counter()
+    for e in events:
+        if e.get("ph") == "X" and e.get("pid") in gpu_pids:
+            totals[e["name"][:90]] += e.get("dur", 0) / 1e3 / steps
+    lines = [f"device time per step: {sum(totals.values()):.1f} ms in {len(totals)} kernels",
+             "| ms/step | kernel |", "|---|---|"]
+    lines += [f"| {ms:.2f} | {name} |" for name, ms in totals.most_common(top)]
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--small", action="store_true", help="demo sizes and a tiny UNet (CPU check)")
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--at_step", type=int, default=3000,
                     help="training step the timed steps run at (after the ambient-only phase)")
+    ap.add_argument("--trace", default=None,
+                    help="folder for a jax.profiler trace of 5 steps; prints the device time per "
+                         "step by kernel")
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. render.max_samples=65536")
     args = ap.parse_args()
 
@@ -64,7 +94,7 @@ def main():
     cfg = load_config(os.path.join(root, "configs", f"{scene}.py"), ["output_dir=/tmp/bench"] + args.overrides)
     key = jax.random.PRNGKey(0)
     t0 = time.perf_counter()
-    model, state, _ = build(cfg, key)
+    model, state = build(cfg, key)[:2]
     t_build = time.perf_counter() - t0
     unet_cfg = DEMO_UNET if args.small else STAND_IN
     guidance, n_params = stand_in_guidance(cfg, unet_cfg, jnp.float32 if args.small else jnp.bfloat16,
@@ -87,6 +117,12 @@ def main():
         state, metrics, _ = step_fn(state)
         jax.block_until_ready(state)
         times.append(1e3 * (time.perf_counter() - t0))
+    if args.trace:
+        with jax.profiler.trace(args.trace, create_perfetto_trace=True):
+            for _ in range(5):
+                state, metrics, _ = step_fn(state)
+            jax.block_until_ready(state)
+        print(kernel_table(args.trace, steps=5))
     last = jax.device_get(metrics)
     per_render = lambda k, fmt: ", ".join(fmt.format(v) for v in last[k])  # noqa: E731
     rows = [

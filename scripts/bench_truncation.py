@@ -26,7 +26,8 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from interfusion_jax.config import load_config  # noqa: E402
-from interfusion_jax.evaluate import make_eval_renderer, save_validation  # noqa: E402
+from interfusion_jax.evaluate import (make_eval_renderer, save_validation,  # noqa: E402
+                                      validation_sheet)
 from interfusion_jax.guidance_setup import DEMO_UNET  # noqa: E402
 from interfusion_jax.scene import VIEWS  # noqa: E402
 from interfusion_jax.train import build  # noqa: E402
@@ -51,7 +52,7 @@ def main():
         overrides += ["guidance.kind=reference", "reference.object_mesh=builtin:chair"]
     cfg = load_config(os.path.join(root, "configs", f"{scene}.py"), overrides)
     key = jax.random.PRNGKey(cfg.seed)
-    model, state, guidance = build(cfg, key)
+    model, state, guidance = build(cfg, key)[:3]
     if not args.reference:
         unet = DEMO_UNET if args.small else STAND_IN
         guidance, _ = stand_in_guidance(cfg, unet, jnp.float32 if args.small else jnp.bfloat16,
@@ -69,9 +70,8 @@ def main():
         times.append(time.perf_counter() - t0)
     jax.block_until_ready(state)
     rec = {k: np.stack([np.asarray(r[k]) for r in jax.device_get(records)]) for k in records[0]}
-    sheet = save_validation(make_eval_renderer(model, 2 * cfg.render.width,
-                                               cfg.material.ambient_only_steps),
-                            state, cfg, args.out)
+    render = make_eval_renderer(model, cfg)
+    sheet = save_validation(validation_sheet(render, state, cfg), state.step, args.out)
 
     print(f"device: {jax.devices()[0].device_kind}  scene: {cfg.name}  guidance: "
           f"{guidance.description}  steps: {args.steps}  rays: {cfg.render.width}x"

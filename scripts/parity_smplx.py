@@ -12,12 +12,13 @@ are mapped into this mesh's range here and are not part of the comparison: the r
 first 55 joints, the model's skeleton.
 """
 import os
-import tempfile
 
 import numpy as np
 import smplx
 import smplx.body_models
 import torch
+
+from ifcommon import atomic_write
 
 OUT_DIR = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "smplx")
 NUM_VERTS = 400
@@ -36,11 +37,8 @@ def _quantised(rng, shape, scale, density=1.0):
     return values.astype(np.float32)
 
 
-def _atomic_savez(path, **arrays):
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=os.path.dirname(path))
-    os.close(fd)
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+def atomic_write_npz(path, **arrays):
+    atomic_write(path, lambda tmp: np.savez_compressed(tmp, **arrays), ".npz")
 
 
 def synthetic_model(rng):
@@ -75,7 +73,7 @@ def main():
     os.makedirs(OUT_DIR, exist_ok=True)
     rng = np.random.default_rng(0)
     model_path = os.path.join(OUT_DIR, "SMPLX_NEUTRAL.npz")
-    _atomic_savez(model_path, **synthetic_model(rng))
+    atomic_write_npz(model_path, **synthetic_model(rng))
     # Real vertex ids (up to 9929) are out of range of the small mesh; keep them valid.
     smplx.body_models.VERTEX_IDS["smplx"] = {
         k: v % NUM_VERTS for k, v in smplx.body_models.VERTEX_IDS["smplx"].items()
@@ -90,7 +88,7 @@ def main():
     with torch.no_grad():
         out = model(body_pose=torch.from_numpy(body_pose), global_orient=torch.from_numpy(global_orient),
                     transl=torch.from_numpy(transl), betas=torch.from_numpy(betas))
-    _atomic_savez(
+    atomic_write_npz(
         os.path.join(OUT_DIR, "reference.npz"),
         body_pose=body_pose, global_orient=global_orient, transl=transl, betas=betas,
         vertices=out.vertices.numpy().astype(np.float32),

@@ -15,9 +15,10 @@ import os
 import shutil
 import tempfile
 
-import numpy as np
 import torch
 from diffusers import UNet2DConditionModel
+
+from ifcommon import atomic_savez
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "if_unet")
 
@@ -139,9 +140,7 @@ def write_fixture(stage: str, seed: int):
     if os.path.exists(unet_dir):
         shutil.rmtree(unet_dir)
     os.replace(tmp, unet_dir)
-    tmp_npz = os.path.join(stage_dir, ".reference.tmp.npz")
-    np.savez(tmp_npz, **ref)
-    os.replace(tmp_npz, os.path.join(stage_dir, "reference.npz"))
+    atomic_savez(os.path.join(stage_dir, "reference.npz"), **ref)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{stage}: {n_params} parameters, output |mean| {out.abs().mean():.4f}, files {sorted(os.listdir(unet_dir))}")
 

@@ -78,7 +78,8 @@ def main():
     with torch.no_grad():
         mean, scale = model.encoder_net(torch.from_numpy(poses))
         matrot = model.decoder_net(torch.from_numpy(z)).view(8, JOINTS, 3, 3).numpy()
-    np.savez(os.path.join(OUT, "reference.npz"), poses=poses, mean=mean.numpy(), scale=scale.numpy(), z=z, matrot=matrot)
+    np.savez(os.path.join(OUT, "reference.npz"), poses=poses, mean=mean.numpy(), scale=scale.numpy(), z=z,
+             matrot=matrot)
     print("wrote", OUT)
 
 

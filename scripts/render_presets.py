@@ -3,19 +3,19 @@
   python scripts/render_presets.py [--body SMPLX_NEUTRAL.npz] [--out outputs/presets.png]
 
 One row per preset (front, front-left, left side, back, right side). The built-in body is used unless
---body names an SMPL-X file. Each posed body is centred at its mean vertex (SPEC 2.1's default);
-'lying' is laid on its back with `pose.presets.LYING_GLOBAL_ORIENT`.
+--body names an SMPL-X file. Each posed body is centred at its mean vertex (docs/method.md §2.1's default);
+'lying' is laid on its back with `body.presets.LYING_GLOBAL_ORIENT`.
 """
 import argparse
 
 import jax
 import numpy as np
 
-from pose.atomic_io import save_png
-from pose.body_model import load_body
-from pose.body_render import orbit_cameras, render_mesh
+from ifcommon import save_png
+from body import load_body
+from body.body_render import orbit_cameras, render_mesh
 from pose.image_sheet import image_grid
-from pose.presets import LYING_GLOBAL_ORIENT, PRESETS
+from body.presets import LYING_GLOBAL_ORIENT, PRESETS
 
 AZIMUTHS = (0, 45, 90, 180, 270)
 VIEW_NAMES = ("front", "front-left", "left", "back", "right")

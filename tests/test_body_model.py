@@ -7,9 +7,10 @@ import pytest
 import trimesh
 from scipy.spatial.transform import Rotation
 
-from pose.body_model import BODY_JOINT_NAMES, load_body, load_smplx
-from pose.builtin_body import builtin_body
-from pose.presets import LYING_GLOBAL_ORIENT, PRESETS, get_preset
+from body import load_body
+from body.body_model import BODY_JOINT_NAMES, load_smplx
+from body.builtin_body import builtin_body
+from body.presets import LYING_GLOBAL_ORIENT, PRESETS, get_preset
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "smplx")
 J = {n: i for i, n in enumerate(BODY_JOINT_NAMES)}

@@ -6,9 +6,9 @@ import pytest
 import trimesh
 from scipy.spatial.transform import Rotation
 
-import pose
-from pose.body_prior import BodyPrior
-from pose.guide_body import guide_body
+from body import builtin_body, get_preset
+from body.body_prior import BodyPrior
+from body.guide_body import guide_body
 
 
 def _far_points(prior, signed_distance, rng, n):
@@ -118,8 +118,8 @@ def _mesh_distance(points, tri):
 
 
 def test_builtin_body_prior_against_exact_mesh_queries():
-    body = pose.builtin_body()
-    guide = guide_body(body, pose.get_preset("sitting"), "aug_rot")
+    body = builtin_body()
+    guide = guide_body(body, get_preset("sitting"), "aug_rot")
     prior = BodyPrior.build(guide.vertices, guide.faces, bound=1.2, resolution=80)  # 3 cm cells
     tri = guide.vertices[guide.faces].astype(np.float64)
     rng = np.random.default_rng(2)
@@ -175,7 +175,7 @@ def test_guide_body_frames_and_modes(mode):
         j = (j - j[0]) @ r.T + j[0]
     offset = -(body.rest_joints[0]) if mode == "aug_trans" else -v.mean(0)
     v, j = v + offset, j + offset
-    to_scene = lambda p: np.stack([p[..., 2], p[..., 0], p[..., 1]], -1)  # SPEC 2.1
+    to_scene = lambda p: np.stack([p[..., 2], p[..., 0], p[..., 1]], -1)  # docs/method.md §2.1
     np.testing.assert_allclose(g.vertices, to_scene(v), atol=1e-5)
     np.testing.assert_allclose(g.head, to_scene(j[15]), atol=1e-5)
     np.testing.assert_array_equal(g.faces, body.faces)
@@ -189,7 +189,7 @@ def test_guide_body_rejects_unknown_mode_and_bad_pose():
 
 
 def test_builtin_guide_body_stands_up_in_the_scene():
-    g = guide_body(pose.builtin_body(), np.zeros(63), "default")
+    g = guide_body(builtin_body(), np.zeros(63), "default")
     np.testing.assert_allclose(g.vertices.mean(0), 0.0, atol=1e-5)
     extent = g.vertices.max(0) - g.vertices.min(0)
     assert extent[2] > 1.6 and g.head[2] > 0.5  # z up: height and head along +z

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import trimesh
 
-import pose
-from pose import body_render
-from pose.body_render import look_at_cameras, orbit_cameras, rasterize, render_mesh
+from body import builtin_body
+from body import body_render
+from body.body_render import look_at_cameras, orbit_cameras, rasterize, render_mesh
 from pose.image_sheet import image_grid
 
 
@@ -166,9 +166,7 @@ def test_chunked_rendering_equals_one_batch():
 
 
 def test_builtin_body_silhouette_spans_its_projected_height():
-    if not hasattr(pose, "builtin_body"):
-        pytest.skip("pose.builtin_body is not available yet")
-    body = pose.builtin_body()
+    body = builtin_body()
     vertices, _ = body.forward(np.zeros(63, np.float32))
     vertices = np.asarray(vertices, np.float64)
     centre = 0.5 * (vertices.min(0) + vertices.max(0))

@@ -1,13 +1,17 @@
-"""Random training cameras, evaluation circle and ray generation (SPEC 2.1, 2.4)."""
+"""Random training cameras, evaluation circle and ray generation (docs/method.md §2.1, §2.4)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs.base import get_config
+from interfusion_jax.train_step import StepSettings
 from nerf.cameras import circle_cameras, generate_rays, look_at, random_camera
+
+CAMERA = StepSettings.from_config(get_config()).camera  # the release's ranges
 
 
 def _sample(n=4000):
-    return jax.jit(jax.vmap(lambda k: random_camera(k, distance_range=(2.5, 3.0))))(
+    return jax.jit(jax.vmap(lambda k: random_camera(k, **CAMERA)))(
         jax.random.split(jax.random.PRNGKey(0), n))
 
 

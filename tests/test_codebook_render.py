@@ -1,4 +1,4 @@
-"""Codebook renders in the release's look (SPEC 1.3): a NumPy port of neural_renderer's forward
+"""Codebook renders in the release's look (docs/method.md §1.3): a NumPy port of neural_renderer's forward
 pass (look_at camera, perspective, fill_back, per-face lighting, texel cubes, 2x super-sampling) as
 the reference, a checkerboard texture read through the --texture loader, and the mirror that
 pose_features applies before CLIP."""
@@ -11,7 +11,7 @@ from PIL import Image
 
 from pose import codebook as cb
 from pose import gen_codebook
-from pose.body_render import NEURAL_RENDERER, look_at_cameras, render_mesh
+from body.body_render import NEURAL_RENDERER, look_at_cameras, render_mesh
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures")
 _NR_EPS = 1e-3  # neural_renderer's rasterizer eps (texel index clamp)
@@ -192,7 +192,7 @@ def test_texel_cubes_follow_neural_renderer_layout():
     """Texel (i, j, k) holds the albedo at barycentric (i, j, k) / (i + j + k) (texel (0, 0, 0) at
     uv 0), sampled bilinearly with pixel centres at u (W - 1), v (H - 1); corner uvs wrap as
     neural_renderer's REPEAT does (0 -> 1, 1 -> 0)."""
-    from pose.body_render import neural_renderer_texels
+    from body.body_render import neural_renderer_texels
 
     rng = np.random.default_rng(1)
     image = rng.uniform(0, 1, (5, 7, 3)).astype(np.float32)
@@ -214,7 +214,7 @@ def test_texel_cubes_follow_neural_renderer_layout():
 
 @pytest.fixture(scope="module")
 def smplx_body():
-    from pose.body_model import load_body
+    from body import load_body
 
     return load_body(os.path.join(FIX, "smplx", "SMPLX_NEUTRAL.npz"))
 

@@ -6,7 +6,11 @@ import scipy.special
 
 from nerf.background import Background, sh_encoding
 from nerf.field import ImplicitVolume, field_outputs, make_density_fn, make_radiance_fn
+from configs.base import get_config
+from interfusion_jax.train_step import StepSettings
 from nerf.material import ALBEDO, TEXTURELESS, make_shading, sample_shading, shade
+
+SHADING = StepSettings.from_config(get_config()).shading  # the release's material settings
 
 SMALL = dict(n_levels=4, log2_hashmap_size=12, base_resolution=8, per_level_scale=1.5,
              mlp_hidden=16)
@@ -79,15 +83,15 @@ def test_shading_formulas_by_hand():
 def test_sample_shading_phases_and_probabilities():
     keys = jax.random.split(jax.random.PRNGKey(0), 4000)
     light = jnp.ones(3)
-    early = jax.vmap(lambda k: sample_shading(k, 2000, light))(keys)
+    early = jax.vmap(lambda k: sample_shading(k, 2000, light, **SHADING))(keys)
     assert np.all(np.asarray(early.mode) == ALBEDO)
     np.testing.assert_array_equal(early.ambient, 1.0)
-    late = jax.vmap(lambda k: sample_shading(k, 2001, light))(keys)
+    late = jax.vmap(lambda k: sample_shading(k, 2001, light, **SHADING))(keys)
     freq = np.bincount(np.asarray(late.mode), minlength=3) / len(keys)
     np.testing.assert_allclose(freq, [0.25, 0.375, 0.375], atol=0.03)
     np.testing.assert_allclose(late.ambient + late.diffuse, 1.0, atol=1e-6)
     assert 0.45 < float(jnp.mean(late.diffuse)) < 0.55 and float(jnp.std(late.diffuse)) > 0.25
-    hard = sample_shading(keys[0], 5000, light, soft_shading=False)
+    hard = sample_shading(keys[0], 5000, light, **dict(SHADING, soft_shading=False))
     assert float(hard.ambient) == np.float32(0.1) and float(hard.diffuse) == np.float32(0.9)
 
 

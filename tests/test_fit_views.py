@@ -14,7 +14,7 @@ from nerf.sampler import MarchConfig
 
 RADIUS = 1.0
 MARCH = MarchConfig(radius=RADIUS, num_steps_per_diagonal=96, max_samples=2**14,
-                    max_candidates=2**15)
+                    max_candidates=2**15, max_rounds=4, alpha_threshold=0.01)
 SIZE = 20
 RAYS_PER_STEP = 512
 

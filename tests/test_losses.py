@@ -1,4 +1,4 @@
-"""Interaction-stage losses against per-sample NumPy loops written from SPEC 2.5."""
+"""Interaction-stage losses against per-sample NumPy loops written from docs/method.md §2.5."""
 import math
 
 import jax
@@ -38,12 +38,13 @@ def test_schedule_value():
 
 def test_step_weights():
     for step, want in [(0, 0.0), (999, 0.0), (1000, 0.1), (4500, 0.4), (10000, 1.0)]:
-        assert math.isclose(float(losses.object_sds_weight(step)), want, rel_tol=1e-6)
+        assert math.isclose(float(losses.object_sds_weight(step, 1000)), want, rel_tol=1e-6)
     w = (0.001, 0.01, 0.1)
     table = {0: 0.001, 999: 0.001, 1000: 0.01, 1999: 0.01, 2000: 0.1, 8000: 0.1, 8001: 0.01,
              9000: 0.01, 9001: 0.001}
     for step, want in table.items():
-        assert math.isclose(float(losses.object_shape_weight(jnp.int32(step), w)), want, rel_tol=1e-6)
+        got = losses.object_shape_weight(jnp.int32(step), w, (1000, 2000, 8000, 9000))
+        assert math.isclose(float(got), want, rel_tol=1e-6)
 
 
 def test_orientation_matches_loop(samples):
@@ -85,8 +86,9 @@ def test_shape_losses_match_loop(samples):
             obj += -math.log(1e-4) * p
         else:
             human += -math.log(1e-4) * p * (1 - math.exp(-dist**2 / (2 * 0.4**2)))
-    got_h = losses.human_shape_loss(s["density"], s["occupancy"], s["distance"], s["valid"])
-    got_o = losses.object_shape_loss(s["density"], s["occupancy"], s["valid"])
+    got_h = losses.human_shape_loss(s["density"], s["occupancy"], s["distance"], s["valid"], 0.2,
+                                    0.4)
+    got_o = losses.object_shape_loss(s["density"], s["occupancy"], s["valid"], 0.2)
     np.testing.assert_allclose(float(got_h), human, rtol=1e-3)
     np.testing.assert_allclose(float(got_o), obj, rtol=1e-3)
 
@@ -95,7 +97,7 @@ def test_shape_loss_pulls_density_the_right_way():
     occupancy = jnp.array([1.0, 0.0])
     distance = jnp.array([0.0, 1.0])
     valid = jnp.array([True, True])
-    g = jax.grad(lambda d: losses.human_shape_loss(d, occupancy, distance, valid))(jnp.ones(2))
+    g = jax.grad(lambda d: losses.human_shape_loss(d, occupancy, distance, valid, 0.2, 0.4))(jnp.ones(2))
     assert g[0] < 0 < g[1]  # more density inside the body, less outside
-    g = jax.grad(lambda d: losses.object_shape_loss(d, occupancy, valid))(jnp.ones(2))
+    g = jax.grad(lambda d: losses.object_shape_loss(d, occupancy, valid, 0.2))(jnp.ones(2))
     assert g[0] > 0 and g[1] == 0

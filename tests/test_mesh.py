@@ -1,4 +1,4 @@
-"""Marching cubes on analytic densities (the threshold rules of SPEC 2.6) and trimesh exports."""
+"""Marching cubes on analytic densities (the threshold rules of docs/method.md §2.6) and trimesh exports."""
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Pose files of the release (SPEC 1.2) and presets through `read_poses` / `load_pose`."""
+"""Pose files of the release (docs/method.md §1.2) and presets through `read_poses` / `load_pose`."""
 import sys
 import types
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from pose.pose_files import PoseFileError, load_pose, read_poses
-from pose.presets import PRESETS
+from body.pose_files import PoseFileError, load_pose, read_poses
+from body.presets import PRESETS
 
 
 def _random_poses(n, seed=0):

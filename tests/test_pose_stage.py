@@ -1,6 +1,8 @@
 """Pose stage end to end on CPU: import_poses -> gen_codebook -> gen_pose with the built-in body, the
 tiny random CLIP and VPoser fixtures; gen_image's own logic with a fake sampler; bad inputs."""
 import json
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -11,7 +13,7 @@ from PIL import Image
 
 from guidance import sampling
 from pose import codebook as cb
-from pose import gen_codebook, gen_image, gen_pose, import_codebook, import_poses
+from pose import gen_codebook, gen_image, gen_pose, import_codebook, import_poses, retrieval
 from pose.clip_model import load_clip
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -22,19 +24,20 @@ SIZE = 64
 
 
 def _cli_error(main, argv):
-    """Run a step as its __main__ does; return the one-line user error it exits with."""
-    with pytest.raises(SystemExit) as e:
-        cb.run_cli(lambda: main(argv))
-    msg = e.value.code
-    assert isinstance(msg, str) and msg.startswith("error: ") and "\n" not in msg
-    return msg
+    """Run a step's main; return the one-line user error it exits with (status 2)."""
+    err = io.StringIO()
+    with pytest.raises(SystemExit) as e, contextlib.redirect_stderr(err):
+        main(argv)
+    msg = err.getvalue()
+    assert e.value.code == 2 and msg.startswith("error: ") and msg.count("\n") == 1, msg
+    return msg.strip()
 
 
 @pytest.fixture(scope="module")
 def pose_set(tmp_path_factory):
     """Presets with random perturbations: 6 single-pose .npy files and one .npz of 300 poses, plus a
     file of the wrong shape that import_poses must skip."""
-    from pose.presets import PRESETS
+    from body.presets import PRESETS
 
     d = tmp_path_factory.mktemp("poses")
     rng = np.random.default_rng(0)
@@ -50,7 +53,7 @@ def pose_set(tmp_path_factory):
 
 
 def test_import_poses_reads_all_and_skips_bad(pose_set, tmp_path, capsys):
-    from pose.presets import PRESETS
+    from body.presets import PRESETS
 
     out, base, many = pose_set
     with np.load(out) as f:
@@ -86,7 +89,7 @@ def test_codebook_file(built, capsys):
 
 def test_features_resume_and_chunking_agree(built):
     """A job resumed after 5 poses (so its chunks start elsewhere) gives the same features."""
-    from pose.body_model import load_body
+    from body import load_body
 
     poses, features, _ = cb.load_codebook(str(built))
     again = cb.pose_features(load_body(None), load_clip(CLIP), poses, cb.Views(size=SIZE), chunk=8,
@@ -109,8 +112,9 @@ def test_gen_codebook_resumes_after_interruption(pose_set, built, tmp_path, monk
     argv = ["--poses", str(pose_set[0]), "--out", str(out), "--cluster_size", "16", "--clip", CLIP,
             "--size", str(SIZE), "--chunk", "8"]
     monkeypatch.setattr(Clip, "image_features", failing)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as interrupted:  # Ctrl-C: one line, exit status 130
         gen_codebook.main(argv)
+    assert interrupted.value.code == 130
     assert not out.exists() and os.path.exists(str(out) + ".work.npz")
     monkeypatch.setattr(Clip, "image_features", real)
     gen_codebook.main(argv)
@@ -122,9 +126,9 @@ def test_gen_codebook_resumes_after_interruption(pose_set, built, tmp_path, monk
 
 
 def test_renders_cover_projected_joints(built):
-    """Every body joint projects (pinhole formula of pose.body_render, re-derived here) onto the
+    """Every body joint projects (pinhole formula of body.body_render, re-derived here) onto the
     rendered silhouette, in all four views."""
-    from pose.body_model import load_body
+    from body import load_body
 
     poses = cb.load_codebook(str(built))[0][:8]
     images, masks, joints, cams = cb.render_views(load_body(None), poses, cb.Views(size=SIZE), np.arange(8))
@@ -162,7 +166,7 @@ def test_texture_flag(pose_set, tmp_path):
     """--texture: the codebook records it, and the renders take their albedo from it. (At 32 px:
     the fixture SMPL-X's faces are coarse, and larger renders send many to the slow brute-force
     path.)"""
-    from pose.body_model import load_body
+    from body import load_body
 
     body = load_body(SMPLX)
     tex = _texture_folder(tmp_path / "smplx_uv", body.faces, len(body.v_template), (200, 0, 0))
@@ -229,29 +233,29 @@ def test_near_duplicate_filter():
     rng = np.random.default_rng(0)
     query = rng.normal(size=16)
     poses, features = _near_duplicate_codebook(rng, query)
-    idx, scores = cb.retrieve(features, query, 4)
+    idx, scores = retrieval.retrieve(features, query, 4)
     assert list(idx) == [0, 1, 2, 3]  # off: the near-duplicates 1 and 3 stay
     assert np.all(np.diff(scores) < 0)
-    idx, scores = cb.retrieve(features, query, 4, poses=poses, dedup_threshold=cb.DEDUP_THRESHOLD)
+    idx, scores = retrieval.retrieve(features, query, 4, poses=poses, dedup_threshold=retrieval.DEDUP_THRESHOLD)
     assert list(idx) == [0, 2, 4, 6]
-    np.testing.assert_allclose(scores, cb.cosine_scores(features, query)[idx], rtol=1e-6)
+    np.testing.assert_allclose(scores, retrieval.cosine_scores(features, query)[idx], rtol=1e-6)
     # Only the pre_topk best are looked through: 5 candidates hold 3 distinct poses.
-    idx, _ = cb.retrieve(features, query, 4, poses=poses, dedup_threshold=0.07, pre_topk=5)
+    idx, _ = retrieval.retrieve(features, query, 4, poses=poses, dedup_threshold=0.07, pre_topk=5)
     assert list(idx) == [0, 2, 4]
     # A threshold below the duplicates' difference keeps them.
-    assert list(cb.retrieve(features, query, 4, poses=poses, dedup_threshold=0.005)[0]) == [0, 1, 2, 3]
+    assert list(retrieval.retrieve(features, query, 4, poses=poses, dedup_threshold=0.005)[0]) == [0, 1, 2, 3]
     # A difference equal to the threshold is a duplicate; only kept poses count (the third pose is
     # 0.125 from the dropped second one, 0.375 from the kept first one).
-    assert list(cb.suppress_near_duplicates(np.zeros((3, 63)) + [[0.0], [0.25], [0.375]], 0.25)) == [0, 2]
+    assert list(retrieval.suppress_near_duplicates(np.zeros((3, 63)) + [[0.0], [0.25], [0.375]], 0.25)) == [0, 2]
     with pytest.raises(cb.PoseStageError, match="--pre_topk 3 is smaller than --topk 4"):
-        cb.retrieve(features, query, 4, poses=poses, dedup_threshold=0.07, pre_topk=3)
+        retrieval.retrieve(features, query, 4, poses=poses, dedup_threshold=0.07, pre_topk=3)
 
 
 def test_gen_pose_dedup_flag(tmp_path):
     """--dedup drops near-duplicates from gen_pose's output; --pre_topk and --dedup_threshold
     without --dedup are refused rather than ignored."""
     clip = load_clip(CLIP)
-    query = np.asarray(clip.text_features([cb.QUERY_TEMPLATE.format("riding a bike")]))[0]
+    query = np.asarray(clip.text_features([retrieval.QUERY_TEMPLATE.format("riding a bike")]))[0]
     poses, features = _near_duplicate_codebook(np.random.default_rng(1), query)
     book = tmp_path / "dups.npz"
     cb.save_codebook(str(book), poses, features, {"note": "near-duplicate pairs"})
@@ -264,9 +268,9 @@ def test_gen_pose_dedup_flag(tmp_path):
     gen_pose.main(argv + ["--out", str(tmp_path / "dedup"), "--dedup"])
     report = json.loads((tmp_path / "dedup" / "scores.json").read_text())
     assert [r["codebook_index"] for r in report["results"]] == [0, 2, 4]
-    assert report["dedup"] == {"pre_topk": cb.PRE_TOPK, "threshold": cb.DEDUP_THRESHOLD}
+    assert report["dedup"] == {"pre_topk": retrieval.PRE_TOPK, "threshold": retrieval.DEDUP_THRESHOLD}
     kept = [np.load(tmp_path / "dedup" / f"top_{i}.npy") for i in range(3)]
-    assert min(np.abs(a - b).mean() for i, a in enumerate(kept) for b in kept[i + 1:]) > cb.DEDUP_THRESHOLD
+    assert min(np.abs(a - b).mean() for i, a in enumerate(kept) for b in kept[i + 1:]) > retrieval.DEDUP_THRESHOLD
 
     out = tmp_path / "few"
     out.mkdir()

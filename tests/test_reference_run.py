@@ -9,7 +9,7 @@ from interfusion_jax.metrics import field_region, iou, mesh_interior
 from interfusion_jax.scene import run_body
 from interfusion_jax.train import build
 from interfusion_jax.train_step import make_train_step
-from pose.reference_scene import reference_scene
+from interfusion_jax.reference_scene import reference_scene
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 120
@@ -28,7 +28,7 @@ def scores(model, state, cfg, body_inside, object_inside):
 def test_reference_run_reconstructs_the_body_and_the_chair():
     cfg = load_config(os.path.join(ROOT, "configs", "demo.py"),
                       ["render.width=24", "render.height=24", "body.prior_resolution=48"])
-    model, state, guidance = build(cfg, jax.random.PRNGKey(cfg.seed))
+    model, state, guidance = build(cfg, jax.random.PRNGKey(cfg.seed))[:3]
     body, guide = run_body(cfg)
     scene = reference_scene(guide, cfg.reference.object_mesh, body.vertex_colors)
     body_inside = mesh_interior(guide.vertices, guide.faces, cfg.field.radius, GRID)

@@ -10,12 +10,12 @@ import pytest
 import scipy.spatial
 import trimesh
 
-import pose
+from body import get_preset, guide_body, load_body
 from nerf.cameras import generate_rays, look_at
 from nerf.material import make_shading, shade
-from pose.body_prior import _inside
-from pose.mesh_raycast import raycast, render_reference
-from pose.reference_scene import ReferenceScene, object_mesh, reference_scene
+from body.body_prior import _inside
+from interfusion_jax.mesh_raycast import raycast, render_reference
+from interfusion_jax.reference_scene import ReferenceScene, object_mesh, reference_scene
 
 
 def _reference_hits(vertices, faces, origins, directions):
@@ -171,7 +171,7 @@ def test_render_reference_of_a_box_and_a_sphere_matches_analytic_shapes():
 
 @functools.lru_cache(maxsize=None)
 def _guide(preset, mode):
-    return pose.guide_body(pose.load_body(None), pose.get_preset(preset), mode)
+    return guide_body(load_body(None), get_preset(preset), mode)
 
 
 def _volume_samples(vertices, faces, per_part=250):
@@ -226,7 +226,7 @@ def test_builtin_object_fits_its_preset(preset, mode, spec):
 
 def test_reference_scene_parts_and_body_colours():
     guide = _guide("carrying", "default")
-    body = pose.load_body(None)
+    body = load_body(None)
     scene = reference_scene(guide, "builtin:box", body.vertex_colors)
     n_obj = np.sum(scene.face_part == 0)
     assert n_obj == 12 and np.sum(scene.face_part == 1) == len(guide.faces)

@@ -1,4 +1,6 @@
 """Occupancy-grid renders against a dense NumPy march; composite formula; bad input."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,11 +10,12 @@ from nerf.cameras import generate_rays, look_at
 from nerf.occupancy import init_grid, update_grid
 from nerf.render import (FieldFns, render_composite, render_composite_complete, render_field,
                          render_field_complete)
-from nerf.sampler import MarchConfig, fair_share
+from configs.base import get_config
+from interfusion_jax.train_step import march_config
+from nerf.sampler import fair_share
 
-EXACT = MarchConfig(max_samples=2**17, max_candidates=2**17, alpha_threshold=0.0,
-                    early_stop_eps=0.0)
-RELEASE = MarchConfig(max_samples=2**16, max_candidates=2**17)
+RELEASE = dataclasses.replace(march_config(get_config()), max_candidates=2**17)
+EXACT = dataclasses.replace(RELEASE, max_samples=2**17, alpha_threshold=0.0, early_stop_eps=0.0)
 BOX_LO, BOX_HI = np.array([-0.5, -0.375, -0.625]), np.array([0.625, 0.5, 0.25])  # on cell faces
 
 
@@ -261,7 +264,7 @@ def test_opaque_body_under_a_tiny_budget_keeps_every_ray_opaque_at_its_entry():
     c2w = look_at(jnp.array([3.0, 0.4, 0.6]), jnp.zeros(3), jnp.array([0.0, 0.0, 1.0]))
     o, d = generate_rays(c2w, jnp.deg2rad(25.0), 24, 24)
     n = o.shape[0]
-    tight = MarchConfig(max_samples=2 * n, max_candidates=8 * n, max_rounds=64)
+    tight = dataclasses.replace(RELEASE, max_samples=2 * n, max_candidates=8 * n, max_rounds=64)
     field = make_field(sphere_density)
     updated, _ = update_grid(init_grid(), jax.random.PRNGKey(0), sphere_density, 0,
                              step_size=tight.step_size)
@@ -293,7 +296,7 @@ def test_cut_rays_are_measured_and_the_complete_render_cuts_none():
     assert float(ample["truncated_rays"]) == 0
     # a sample buffer far too small: cut from the far end, every ray with samples keeps its first
     # ones and none renders empty
-    small = MarchConfig(max_samples=1024, max_candidates=2**17, max_rounds=2)
+    small = dataclasses.replace(RELEASE, max_samples=1024, max_candidates=2**17, max_rounds=2)
     out = render_field(None, o, d, init_grid(), field, small, stratified=False,
                        background="white")
     assert int(out["num_samples"]) == 1024 and int(out["dropped_samples"]) > 0
@@ -301,7 +304,7 @@ def test_cut_rays_are_measured_and_the_complete_render_cuts_none():
     assert np.all(np.isfinite(np.asarray(out["comp_rgb"])))
     assert np.all(np.asarray(out["opacity"])[np.asarray(ample["opacity"]) > 0] > 0)
     # too few pruning rounds: the rays not evaluated to the end are counted as cut
-    few = MarchConfig(max_samples=256, max_candidates=1024, max_rounds=2)
+    few = dataclasses.replace(RELEASE, max_samples=256, max_candidates=1024, max_rounds=2)
     out = render_field(None, o, d, init_grid(), field, few, stratified=False, background="white")
     assert int(out["rounds"]) == 2 and int(out["num_candidates"]) == 2048
     assert float(out["open_truncated_rays"]) > 0.5

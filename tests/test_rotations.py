@@ -1,8 +1,8 @@
-"""pose.rotations against scipy.spatial.transform.Rotation."""
+"""body.rotations against scipy.spatial.transform.Rotation."""
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from pose.rotations import axis_angle_to_matrix, matrix_to_axis_angle, rot6d_to_axis_angle, rot6d_to_matrix
+from body.rotations import axis_angle_to_matrix, matrix_to_axis_angle, rot6d_to_axis_angle, rot6d_to_matrix
 
 
 def _rotvecs(angles, seed=0):

@@ -1,4 +1,4 @@
-"""The four views of a training step and the object-centre update (SPEC 2.4)."""
+"""The four views of a training step and the object-centre update (docs/method.md §2.4)."""
 import jax.numpy as jnp
 import numpy as np
 
@@ -32,7 +32,8 @@ def test_object_center_is_the_mean_of_the_opaque_region():
         inside = jnp.all((x >= box_lo) & (x <= box_hi), axis=-1)
         return jnp.where(inside, 50.0, 0.0)
 
-    c = object_center(density, jnp.zeros(3), radius=2.0, resolution=41, chunk=4096)
+    c = object_center(density, jnp.zeros(3), radius=2.0, resolution=41, density_scale=0.2,
+                      chunk=4096)
     axis = np.linspace(-2, 2, 41)
     g = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
     inside = np.all((g >= box_lo) & (g <= box_hi), axis=1)
@@ -41,5 +42,56 @@ def test_object_center_is_the_mean_of_the_opaque_region():
 
 def test_object_center_keeps_the_previous_value_when_empty():
     prev = jnp.array([0.1, 0.2, 0.3])
-    c = object_center(lambda x: jnp.zeros(x.shape[0]), prev, radius=2.0, resolution=16, chunk=1000)
+    c = object_center(lambda x: jnp.zeros(x.shape[0]), prev, radius=2.0, resolution=16,
+                      density_scale=0.2, chunk=1000)
     np.testing.assert_allclose(np.asarray(c), np.asarray(prev))
+
+
+def test_step_wiring_each_view_renders_its_fields_grid_shading_and_prompt(monkeypatch):
+    """The training step's renders follow the view table: the object view renders the object
+    field on the object grid, the human and head views the human field on the human grid, the
+    interaction view the composite (object first) on the interaction grid; each field gets the
+    shading drawn for it in that view; prompts line up with the views."""
+    import jax
+
+    from configs.base import get_config
+    from interfusion_jax import scene, train_step
+    from interfusion_jax.guidance_setup import prompt_texts
+    from nerf.cameras import random_camera
+
+    calls = []
+    monkeypatch.setattr(scene, "render_field", lambda key, o, d, grid, field, march: calls.append(
+        ("field", grid, field)) or {})
+    monkeypatch.setattr(scene, "render_composite", lambda key, o, d, grid, obj, hum, march:
+                        calls.append(("composite", grid, obj, hum)) or {})
+
+    class FakeModel:
+        march = None
+
+        @staticmethod
+        def field_fns(params, shading):
+            return (params, shading)
+
+    cfg = get_config()
+    settings = train_step.StepSettings.from_config(cfg)._replace(height=2, width=2)
+    cam = random_camera(jax.random.PRNGKey(0), **settings.camera)
+    c2ws = jnp.broadcast_to(cam.c2w, (4, 4, 4))
+    shadings = {pair: f"shading{pair}" for pair in scene.SHADING_DRAWS}
+    state = type("S", (), {"grids": {g: f"grid:{g}" for g in scene.GRIDS}})
+    params = {"object": "params:object", "human": "params:human"}
+    train_step.render_views(jax.random.PRNGKey(1), cam, c2ws, params, state, FakeModel, shadings,
+                            settings)
+    assert calls == [
+        ("field", "grid:object", ("params:object", "shading(0, 'object')")),
+        ("field", "grid:human", ("params:human", "shading(1, 'human')")),
+        ("composite", "grid:interaction", ("params:object", "shading(2, 'object')"),
+         ("params:human", "shading(2, 'human')")),
+        ("field", "grid:human", ("params:human", "shading(3, 'human')")),
+    ]
+    # Five material draws, one per (view, field) shown, each its own.
+    assert sorted(scene.SHADING_DRAWS) == [(0, "object"), (1, "human"), (2, "human"),
+                                           (2, "object"), (3, "human")]
+    texts = prompt_texts(cfg.prompts, view_dependent=False)
+    assert [row[0] for row in texts] == [cfg.prompts.object, cfg.prompts.human,
+                                         cfg.prompts.interaction, cfg.prompts.head]
+    assert scene.VIEWS == ("object", "human", "interaction", "head")

@@ -1,4 +1,4 @@
-"""Every release scene config against the values of its release yaml (SPEC 2.6).
+"""Every release scene config against the values of its release yaml (docs/method.md §2.6).
 
 RELEASE holds what each `InterGen/configs/interfusion-if/<scene>.yaml` of the release says, copied
 from the yamls: the four prompts (object, human, interaction, head), the guide-body mode (aug_rot /

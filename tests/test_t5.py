@@ -112,3 +112,11 @@ def test_embed_prompts_caches_and_skips_the_encoder(tmp_path, ref, monkeypatch):
 
     monkeypatch.setattr(guidance.t5, "load_t5_encoder", fail)
     np.testing.assert_array_equal(embed_prompts(FIXTURE, prompts[::-1], str(tmp_path)), embeddings[::-1])
+
+
+def test_a_prompt_longer_than_77_tokens_is_cut_with_a_warning(encoder, capsys):
+    long = " ".join(["a person riding a red bike"] * 30)
+    ids, mask = encoder.tokenize(["a short prompt", long])
+    assert ids.shape == (2, 77) and mask[1].all()
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1 and "only its first 77 are used" in err and "short" not in err

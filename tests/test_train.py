@@ -1,57 +1,216 @@
-"""The interaction stage end to end at toy size: outputs on disk, then resume from the checkpoint."""
+"""The interaction stage as users run it, at toy size: the command line, its outputs, resume,
+test and export from a checkpoint, run folders that never mix, skipped non-finite steps."""
 import json
+import logging
 import os
+import shutil
+import signal
+import threading
+import time
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 import trimesh
 
-from interfusion_jax.config import load_config
-from interfusion_jax.train import _resume, build, train
+from interfusion_jax.checkpoint import complete_steps, restore_checkpoint
+from interfusion_jax.train import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["train.max_steps=2", "train.val_every=1", "train.val_views=1", "train.object_center_every=1",
-        "train.object_center_resolution=16", "test.views=2", "test.resolution=16",
-        "test.mesh_resolution=24", "render.width=16", "render.height=16", "body.prior_resolution=24",
+DEMO = os.path.join(ROOT, "configs", "demo.py")
+TINY = ["train.max_steps=3", "train.val_every=2", "train.val_views=1", "train.log_every=1",
+        "train.checkpoint_every=2", "train.object_center_every=2",
+        "train.object_center_resolution=16", "test.views=2", "test.resolution=32",
+        "test.mesh_resolution=24", "test.metrics_views=1", "test.metrics_grid=24",
+        "render.width=16", "render.height=16", "body.prior_resolution=24",
         "render.max_samples=16384"]
+
+
+def run(*args):
+    """main(argv) -> its exit status."""
+    try:
+        main(list(args))
+    except SystemExit as e:
+        return e.code
+    return 0
+
+
+def flags(overrides):
+    return [f"--config.{o}" for o in overrides]
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    cfg = load_config(os.path.join(ROOT, "configs", "demo.py"), TINY + [f"output_dir={out}"])
-    return train(cfg)
+    assert run("--config", DEMO, *flags(TINY + [f"output_dir={out}"])) == 0
+    return os.path.join(out, "demo")
 
 
-def test_run_writes_config_metrics_images_checkpoint_videos_meshes(run_dir):
-    for name in ("config.py", "metrics.jsonl", "val/it000001.png", "val/it000002.png",
-                 "test/object.mp4", "test/human.mp4", "test/interaction.mp4", "mesh/object.obj",
-                 "mesh/human.obj"):
+def _items(run_dir, step):
+    """The arrays of checkpoint `step` of a run, as stored (no template needed)."""
+    path = os.path.join(run_dir, "ckpt", str(step))
+    return {name: ocp.PyTreeCheckpointer().restore(os.path.join(path, name))
+            for name in ("params", "opt_state", "scene")}
+
+
+def _assert_trees_equal(a, b):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_run_writes_every_output(run_dir):
+    for name in ("config.py", "metrics.jsonl", "val/it000002.png", "test/object.mp4",
+                 "test/human.mp4", "test/interaction.mp4", "test/panel.mp4",
+                 "test/frames/interaction/0001.png", "mesh/object.glb", "mesh/human.glb",
+                 "mesh/body_guide.glb", "mesh/scene.glb", "metrics.json"):
         assert os.path.getsize(os.path.join(run_dir, name)) > 0, name
     rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
-    assert [r["step"] for r in rows] == [0, 1]
-    assert all(np.isfinite(r["loss"]) and r["sds"] > 0 for r in rows)
-    mesh = trimesh.load(os.path.join(run_dir, "mesh", "human.obj"), force="mesh")
-    assert len(mesh.faces) > 0 and np.all(np.abs(mesh.vertices) <= 2.0 + 1e-4)
-    assert not any(f.endswith(".tmp") or ".tmp." in f for _, _, fs in os.walk(run_dir) for f in fs)
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert all(np.isfinite(r["loss"]) and r["sds"] > 0 and r["skipped"] == 0 for r in rows)
+    assert complete_steps(os.path.join(run_dir, "ckpt")) == [3, 2]
+    events = os.listdir(os.path.join(run_dir, "tensorboard"))
+    assert events and events[0].startswith("events.out.tfevents")
+    scene = trimesh.load(os.path.join(run_dir, "mesh", "scene.glb"))
+    assert sorted(scene.graph.nodes_geometry) == ["body_guide", "human", "object"]
+    human = scene.geometry["human"]
+    assert len(human.faces) > 0 and np.all(np.abs(human.vertices) <= 2.0 + 1e-4)
+    assert json.load(open(os.path.join(run_dir, "metrics.json")))["step"] == 3
+    assert not any(".tmp" in f for _, _, fs in os.walk(run_dir) for f in fs)
 
 
-def test_resume_restores_step_parameters_and_optimiser(run_dir):
-    cfg = load_config(os.path.join(run_dir, "config.py"),
-                      [f"train.resume={os.path.join(run_dir, 'ckpt')}"])
-    _, fresh, _ = build(cfg, jax.random.PRNGKey(cfg.seed))
-    resumed = _resume(fresh, cfg)
-    assert int(resumed.step) == 2
-    leaves = lambda t: jax.tree_util.tree_leaves(t)  # noqa: E731
-    assert any(not np.array_equal(a, b) for a, b in zip(leaves(resumed.params), leaves(fresh.params)))
-    assert any(not np.array_equal(a, b)
-               for a, b in zip(leaves(resumed.opt_state), leaves(fresh.opt_state)))
+def test_existing_run_folder_is_refused(run_dir, capsys):
+    out = os.path.dirname(run_dir)
+    assert run("--config", DEMO, *flags(TINY + [f"output_dir={out}"])) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "--resume" in err and "--overwrite" in err
 
-    cfg = load_config(os.path.join(run_dir, "config.py"),
-                      [f"train.resume={os.path.join(run_dir, 'ckpt')}", "train.weights_only=True"])
-    weights_only = _resume(fresh, cfg)
-    assert int(weights_only.step) == 0
-    np.testing.assert_array_equal(leaves(weights_only.params)[0], leaves(resumed.params)[0])
-    for a, b in zip(leaves(weights_only.opt_state), leaves(fresh.opt_state)):
-        np.testing.assert_array_equal(a, b)
+
+def _interrupt_after(metrics_path, step):
+    """A thread that sends this process SIGINT (a Ctrl-C) once metrics.jsonl has a row of `step`."""
+    def watch():
+        while True:
+            if os.path.isfile(metrics_path):
+                rows = [json.loads(line) for line in open(metrics_path) if line.endswith("\n")]
+                if rows and rows[-1]["step"] >= step:
+                    os.kill(os.getpid(), signal.SIGINT)
+                    return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_resume_continues_exactly_compiles_once_and_stops_on_ctrl_c(run_dir, tmp_path, caplog,
+                                                                     capsys):
+    """Resuming from step 2 (an override extending the run) reproduces the uninterrupted step 3
+    bit for bit with one compilation of the step and no doubled log rows; Ctrl-C then saves the
+    current step and says how to resume."""
+    copy = str(tmp_path / "demo")
+    shutil.copytree(run_dir, copy)
+    shutil.rmtree(os.path.join(copy, "ckpt", "3"))
+    _interrupt_after(os.path.join(copy, "metrics.jsonl"), 4)
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.WARNING):
+            status = run("--resume", copy, "--config.train.max_steps=1000",
+                         "--config.train.checkpoint_every=1", "--config.train.keep_checkpoints=99")
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    assert status == 130
+    assert f"resume with: python -m interfusion_jax.train --resume {copy}" in capsys.readouterr().err
+    compiles = [r for r in caplog.records
+                if r.getMessage().startswith("Finished XLA compilation of jit(train_step)")]
+    assert len(compiles) == 1, [r.getMessage() for r in compiles]
+    steps = complete_steps(os.path.join(copy, "ckpt"))
+    rows = [json.loads(line)["step"] for line in open(os.path.join(copy, "metrics.jsonl"))]
+    assert rows == list(range(rows[-1] + 1)) and rows[-1] >= 4
+    assert steps[0] == rows[-1] + 1 and steps == list(range(steps[0], 1, -1))
+    _assert_trees_equal(_items(copy, 3), _items(run_dir, 3))
+
+
+def test_non_finite_steps_are_skipped_then_the_run_stops(run_dir, tmp_path, capsys):
+    copy = str(tmp_path / "demo")
+    shutil.copytree(run_dir, copy)
+    status = run("--resume", copy, "--config.loss.lambda_sparsity=nan",
+                 "--config.train.max_steps=40", "--config.train.checkpoint_every=1")
+    assert status == 1
+    assert "non-finite" in capsys.readouterr().err
+    rows = [json.loads(line) for line in open(os.path.join(copy, "metrics.jsonl"))]
+    assert all(r["skipped"] == 1 for r in rows if r["step"] >= 3)
+    assert rows[-1]["step"] == 3 + 19  # 20 skipped steps in a row: 3, 4, ..., 22
+    newest = complete_steps(os.path.join(copy, "ckpt"))[0]
+    assert newest > 3
+    # A skipped step changes neither the fields, the optimiser state nor the grids.
+    _assert_trees_equal(_items(copy, newest), _items(run_dir, 3))
+
+
+def test_test_and_export_from_a_checkpoint(run_dir, tmp_path):
+    copy = str(tmp_path / "demo")
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("test", "mesh", "metrics.json"))
+    assert run("--test", copy, "--config.test.views=3") == 0
+    assert sorted(os.listdir(os.path.join(copy, "test", "frames", "object"))) == \
+        ["0000.png", "0001.png", "0002.png"]
+    assert os.path.isfile(os.path.join(copy, "metrics.json"))
+    assert run("--export", copy, "--config.test.mesh_format=ply") == 0
+    assert sorted(os.listdir(os.path.join(copy, "mesh"))) == \
+        ["body_guide.ply", "human.ply", "object.ply", "scene.glb"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--resume", "/nonexistent/run"], "--resume /nonexistent/run: no such folder"),
+    (["--test", "{tmp}"], "not a run folder (no config.py)"),
+    (["--config", DEMO, "--config.body.pose=/no/pose.npy"],
+     "--config.body.pose=/no/pose.npy: pose file does not exist"),
+    (["--config", DEMO, "--config.body.pose=preset:flying"], "unknown pose preset 'flying'"),
+    (["--config", DEMO, "--config.prompts.human= "], "--config.prompts.human: the human prompt"),
+    (["--config", DEMO, "--config.reference.object_mesh=/no/chair.obj"],
+     "reference mesh does not exist"),
+    (["--config", DEMO, "--config.reference.object_mesh=builtin:sofa"], "unknown built-in"),
+    (["--config", DEMO, "--config.guidance.kind=if", "--config.guidance.model_dir=/no/IF"],
+     "--config.guidance.model_dir: IF model folder '/no/IF' does not exist"),
+    (["--config", DEMO, "--config.test.mesh_format=stl"], "--config.test.mesh_format=stl"),
+    (["--config", DEMO, "--config.train.init_from=/no/run"], "--config.train.init_from=/no/run"),
+    (["--config", DEMO, "stray"], "unrecognised arguments: stray"),
+])
+def test_bad_inputs_are_one_line_before_any_work(args, message, tmp_path, capsys):
+    status = run(*[a.replace("{tmp}", str(tmp_path)) for a in args],
+                 f"--config.output_dir={tmp_path / 'out'}")
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and message in err, err
+    assert len(err.splitlines()) <= 2  # argparse's usage line, then the error
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_truncated_if_weights_name_the_file(tmp_path, capsys):
+    unet = tmp_path / "IF" / "unet"
+    unet.mkdir(parents=True)
+    (unet / "config.json").write_text("{}")
+    (unet / "diffusion_pytorch_model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+    status = run("--config", DEMO, "--config.guidance.kind=if",
+                 f"--config.guidance.model_dir={tmp_path / 'IF'}")
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and len(err.splitlines()) == 1
+    assert "diffusion_pytorch_model.safetensors: not a readable safetensors file" in err
+
+
+def test_help_lists_the_modes(capsys):
+    assert run("--help") == 0
+    out = capsys.readouterr().out
+    for word in ("--config", "--resume", "--test", "--export", "--overwrite", "outputs/"):
+        assert word in out
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(run_dir, tmp_path, capsys):
+    copy = str(tmp_path / "demo")
+    shutil.copytree(run_dir, copy)
+    for root, _, files in os.walk(os.path.join(copy, "ckpt", "3", "params")):
+        for f in files:
+            if "manifest" in f:
+                open(os.path.join(root, f), "wb").close()
+    template = {"params": _items(run_dir, 2)["params"]}
+    step, items, _ = restore_checkpoint(os.path.join(copy, "ckpt"), template)
+    assert step == 2
+    _assert_trees_equal(items["params"], template["params"])
+    assert "step 3" in capsys.readouterr().err

@@ -2,9 +2,9 @@
 
 The forward pass follows smplx 0.1.28 (`smplx.lbs.lbs`) for an SMPL-X model whose jaw, eyes, hands
 and expression take no input: jaw and eyes at zero rotation, expression zero, and the hands either
-flat (`flat_hand_mean=True`, zero rotations: the pose stage's renders, SPEC 1.3) or in SMPL-X's mean
+flat (`flat_hand_mean=True`, zero rotations: the pose stage's renders, docs/method.md §1.3) or in SMPL-X's mean
 hand pose (`flat_hand_mean=False`: what the release's `num_pca_comps=12` model gives for zero hand
-input, the interaction stage's guide body, SPEC 2.1). Those joints' rotations are fixed, so their
+input, the interaction stage's guide body, docs/method.md §2.1). Those joints' rotations are fixed, so their
 pose-blend offset is a constant folded into the template at load time and only the 21 body joints'
 rows of `posedirs` are kept.
 """
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from pose.rotations import axis_angle_to_matrix
+from body.rotations import axis_angle_to_matrix
 
 NUM_BODY_JOINTS = 21
 # SMPL-X's first 22 joints (pelvis + 21 body joints), shared by the built-in body.
@@ -274,12 +274,3 @@ def _mean_hands(path, arrays, num_joints, posedirs, v_template):
     offset = features @ posedirs[9 * NUM_BODY_JOINTS:]
     return fixed_rots, v_template + offset.reshape(-1, 3)
 
-
-def load_body(path_or_none, flat_hand_mean=True):
-    """The SMPL-X model at `path_or_none` (hands as `load_smplx`'s flat_hand_mean), or the built-in
-    body, with its own hands, when it is None or empty."""
-    if not path_or_none:
-        from pose.builtin_body import builtin_body
-
-        return builtin_body()
-    return load_smplx(path_or_none, flat_hand_mean)

@@ -11,7 +11,7 @@ zero global orientation it stands.
 """
 import numpy as np
 
-from pose.body_model import BODY_JOINT_NAMES
+from body.body_model import BODY_JOINT_NAMES
 
 LYING_GLOBAL_ORIENT = (-np.pi / 2, 0.0, 0.0)
 
@@ -33,7 +33,9 @@ _JOINT_ROTATIONS = {
         "left_elbow": (0.000, -0.950, 0.000),
         "right_elbow": (0.000, 0.950, 0.000),
     },
-    "riding": {  # On a bike or horse: torso leaning forward, thighs forward and apart, knees bent, arms reaching forward.
+    # On a bike or horse: torso leaning forward, thighs forward and apart, knees bent, arms
+    # reaching forward.
+    "riding": {
         "left_hip": (-1.163, 0.039, 0.359),
         "right_hip": (-1.163, -0.039, -0.359),
         "spine1": (0.262, 0.000, 0.000),
@@ -55,13 +57,17 @@ _JOINT_ROTATIONS = {
         "left_elbow": (0.000, -1.253, 0.000),
         "right_elbow": (0.000, 1.253, 0.000),
     },
-    "playing": {  # Playing an instrument: upper arms raised forward, forearms bent up and inward, hands in front of the chest.
+    # Playing an instrument: upper arms raised forward, forearms bent up and inward, hands in front
+    # of the chest.
+    "playing": {
         "left_shoulder": (-0.359, -1.069, -0.699),
         "right_shoulder": (-0.359, 1.069, 0.699),
         "left_elbow": (0.000, -1.261, 0.000),
         "right_elbow": (0.000, 1.261, 0.000),
     },
-    "lying": {  # Relaxed supine body: arms a little out, legs straight and slightly apart, head tipped forward as on a pillow.
+    # Relaxed supine body: arms a little out, legs straight and slightly apart, head tipped forward
+    # as on a pillow.
+    "lying": {
         "left_hip": (0.000, 0.000, 0.119),
         "right_hip": (0.000, 0.000, -0.119),
         "left_knee": (0.020, 0.000, 0.000),

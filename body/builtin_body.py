@@ -8,11 +8,14 @@ vertex is skinned to the bones whose volumes lie within a few millimetres of its
 joints bend smoothly while distant parts stay rigid.
 """
 import functools
+import sys
 
 import numpy as np
 from skimage import measure
 
-from pose.body_model import BODY_JOINT_NAMES, BODY_PARENTS, make_body_model
+from body import body_model
+from body.body_model import BODY_JOINT_NAMES, BODY_PARENTS, make_body_model
+from ifcommon import cached_arrays, source_bytes
 
 _FLOOR = -1.34
 _GRID_STEP = 0.015  # metres; sets the vertex count (~10k)
@@ -197,8 +200,16 @@ def _build():
     return verts, faces, weights, joints, colours
 
 
+def _build_arrays():
+    return dict(zip(("verts", "faces", "weights", "joints", "colours"), _build()))
+
+
 @functools.lru_cache(maxsize=1)
 def builtin_body():
-    """The built-in body as a BodyModel (22 joints, ~10k vertices, vertex colours), built once."""
-    verts, faces, weights, joints, colours = _build()
+    """The built-in body as a BodyModel (22 joints, ~10k vertices, vertex colours), built once and
+    kept in the user's cache."""
+    key = source_bytes(sys.modules[__name__]) + source_bytes(body_model)
+    a = cached_arrays("builtin_body", key, _build_arrays)
+    verts, faces, weights, joints, colours = (a[k] for k in ("verts", "faces", "weights",
+                                                             "joints", "colours"))
     return make_body_model("builtin", verts, faces, weights, joints, BODY_PARENTS, vertex_colors=colours)

@@ -1,7 +1,7 @@
 """A reference scene: the guide body plus an object mesh, with colours, for renders whose right
-answer is known (pose.mesh_raycast.render_reference).
+answer is known (interfusion_jax.mesh_raycast.render_reference).
 
-Scene frame (SPEC 2.1): z up; a guide body faces +x with its left side at +y. Builtin objects are
+Scene frame (docs/method.md §2.1): z up; a guide body faces +x with its left side at +y. Builtin objects are
 made here from boxes, cylinders and tori, and placed from the guide body's vertices (never from
 fixed coordinates), so that they follow the pose and the body mode:
 
@@ -274,6 +274,7 @@ def _carried_box(guide):
 
 
 _BUILTINS = {"builtin:chair": _chair, "builtin:bike": _bike, "builtin:box": _carried_box}
+BUILTIN_OBJECTS = tuple(_BUILTINS)
 
 
 def _face_colors(mesh):
@@ -332,7 +333,8 @@ def object_mesh(spec, guide):
             parts = _read_mesh(spec)
         except Exception as error:  # trimesh raises many kinds; the message is what matters
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise ValueError(f"reference.object_mesh: cannot read a mesh from {spec!r}: {message}")
+            raise ValueError(
+                f"reference.object_mesh: cannot read a mesh from {spec!r}: {message}") from None
         vertices, faces, colors = _merge(parts)
     return vertices, faces, np.clip(colors, 0.0, 1.0)
 

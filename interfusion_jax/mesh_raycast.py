@@ -173,7 +173,7 @@ def raycast(vertices, faces, origins, directions, face_mask=None, ray_batch=None
 
 
 def render_reference(scene, origins, directions, shade_fns, background):
-    """Colour render of a ReferenceScene (pose.reference_scene) by ray casting (jittable).
+    """Colour render of a ReferenceScene (interfusion_jax.reference_scene) by ray casting (jittable).
 
     scene: ReferenceScene of arrays; origins, directions [N, 3] (unit directions); shade_fns
     (static keys): the visible parts, some of "object" and "human", each with its

@@ -20,8 +20,8 @@ to a camera are skipped in that view: the meshes drawn here are always in front 
 Shading: albedo x (ambient + diffuse max(0, n.l)), with n the interpolated vertex normal or the face
 normal, turned towards the camera (so a back face is lit as the side the camera sees). Anti-aliasing
 renders at `supersample` times the size and averages the blocks down. `NEURAL_RENDERER` holds the
-settings of neural_renderer's `Renderer` as the InterFusion release uses it for its codebook (SPEC
-1.3): black background, 2x super-sampling, flat shading with face normals, white ambient 0.5 +
+settings of neural_renderer's `Renderer` as the InterFusion release uses it for its codebook (docs/method.md
+§1.3): black background, 2x super-sampling, flat shading with face normals, white ambient 0.5 +
 directional 0.5 light from l = (0, 1, 0) in the world frame, and albedo from per-face texel cubes
 (`neural_renderer_texels`). One difference remains and is the caller's to apply: neural_renderer's
 look_at camera takes its x axis as up x forward, the camera's left, and puts it to the image's
@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+
+from ifcommon.geometry import normalize
 
 NEAR = 1e-3
 _WINDOWS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)  # window sizes (pixels); larger faces: brute force
@@ -73,9 +75,6 @@ class Cameras:
         return self.eye.shape[0]
 
 
-def _normalize(v, eps=1e-12):
-    return v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), eps)
-
 
 @functools.partial(jax.jit, static_argnames=("size",))
 def look_at_cameras(eye, target, up=(0.0, 1.0, 0.0), fov_deg=60.0, size=224):
@@ -88,11 +87,11 @@ def look_at_cameras(eye, target, up=(0.0, 1.0, 0.0), fov_deg=60.0, size=224):
     target = jnp.broadcast_to(jnp.asarray(target, jnp.float32), eye.shape)
     up = jnp.broadcast_to(jnp.asarray(up, jnp.float32), eye.shape)
     height, width = (size, size) if isinstance(size, int) else tuple(size)
-    forward = _normalize(target - eye)
+    forward = normalize(target - eye)
     right = jnp.cross(forward, up)
     alt_up = jnp.eye(3, dtype=jnp.float32)[jnp.argmin(jnp.abs(forward), axis=-1)]
     degenerate = jnp.linalg.norm(right, axis=-1, keepdims=True) < 1e-6
-    right = _normalize(jnp.where(degenerate, jnp.cross(forward, alt_up), right))
+    right = normalize(jnp.where(degenerate, jnp.cross(forward, alt_up), right))
     true_up = jnp.cross(right, forward)
     rotation = jnp.stack([right, true_up, -forward], axis=-2)
     fov = jnp.broadcast_to(jnp.asarray(fov_deg, jnp.float32), eye.shape[:1])
@@ -301,13 +300,13 @@ def _vertex_normals(vertices, faces):
     tri = vertices[faces]
     n = jnp.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     acc = jnp.zeros_like(vertices).at[faces.reshape(-1)].add(jnp.repeat(n, 3, axis=0))
-    return _normalize(acc)
+    return normalize(acc)
 
 
 def _face_normals(vertices, faces):
     """Unit face normals, [F, 3] (the side does not matter: shading turns them to the camera)."""
     tri = vertices[faces]
-    return _normalize(jnp.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]))
+    return normalize(jnp.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]))
 
 
 def _bilinear(texture, uv):
@@ -388,13 +387,13 @@ def _shade(
     if face_normals:
         normal = jax.vmap(lambda v, f: _face_normals(v, faces)[f])(vertices, face)
     else:
-        normal = _normalize(interp(jax.vmap(_vertex_normals, in_axes=(0, None))(vertices, faces)))
+        normal = normalize(interp(jax.vmap(_vertex_normals, in_axes=(0, None))(vertices, faces)))
     to_eye = cams.eye[:, None] - position
     normal = jnp.where(jnp.sum(normal * to_eye, -1, keepdims=True) < 0, -normal, normal)
     if light is None:  # a head light a little above the camera
-        light = _normalize(cams.rotation[:, 2] + 0.5 * cams.rotation[:, 1])
+        light = normalize(cams.rotation[:, 2] + 0.5 * cams.rotation[:, 1])
     else:
-        light = _normalize(jnp.broadcast_to(light, (b, 3)))
+        light = normalize(jnp.broadcast_to(light, (b, 3)))
     lambert = jnp.maximum(jnp.sum(normal * light[:, None], -1, keepdims=True), 0.0)
 
     if "texels" in albedo_src:

@@ -1,4 +1,4 @@
-"""Reading body poses (63-d SMPL-X axis-angle) from the files of the release and from presets (SPEC 1.2).
+"""Reading body poses (63-d SMPL-X axis-angle) from the files of the release and from presets (docs/method.md §1.2).
 
 Accepted:
   - `.npy` array of shape (63,), (1, 63) or (72,); 72 numbers are 24 SMPL joints, of which the root
@@ -13,8 +13,8 @@ import os
 
 import numpy as np
 
-from pose.presets import get_preset
-from pose.rotations import rot6d_to_axis_angle
+from body.presets import get_preset
+from body.rotations import rot6d_to_axis_angle
 
 _ACCEPTED = ("(63,), (1, 63) or (72,) arrays in .npy; a pickled dict in .npy with a 6D 'pose' of "
              "trailing shape (126,), (21, 6), (144,) or (24, 6); an .npz with 'poses' of shape "

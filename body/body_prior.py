@@ -22,13 +22,17 @@ Query points outside the grid's box get occupancy 0 and the distance of the near
 their distance to the box (an upper bound).
 """
 
-import numpy as np
+import sys
+
 import jax
+import numpy as np
 import jax.numpy as jnp
 import scipy.ndimage
 import scipy.spatial
 from flax import struct
 from tqdm.auto import tqdm
+
+from ifcommon import cached_arrays, source_bytes
 
 _SAMPLES_PER_CELL = 4
 _POINT_CHUNK = 256
@@ -94,6 +98,50 @@ def _inside(points, tri, desc):
     return np.concatenate(out) if out else np.zeros(0, bool)
 
 
+def _build_grid(vertices, faces, bound, resolution):
+    """[R, R, R, 2] occupancy and distance at the grid's nodes (module docstring)."""
+    cell = 2.0 * bound / (resolution - 1)
+    axis = np.linspace(-bound, bound, resolution)
+    nodes = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+
+    samples = _surface_samples(vertices, faces, cell / _SAMPLES_PER_CELL)
+    tree = scipy.spatial.cKDTree(samples)
+    nearest = np.empty(len(nodes), np.int64)
+    for lo in tqdm(range(0, len(nodes), _KD_CHUNK), desc="body prior: distance", leave=False):
+        _, nearest[lo : lo + _KD_CHUNK] = tree.query(
+            nodes[lo : lo + _KD_CHUNK], workers=-1, distance_upper_bound=_BAND * cell
+        )
+    band = nearest < len(samples)
+    if not band.any():
+        raise ValueError(
+            f"BodyPrior.build: the mesh (bounds {vertices.min(0)}, {vertices.max(0)}) "
+            f"does not reach the grid's box [-{bound}, {bound}]^3"
+        )
+    _, src = scipy.ndimage.distance_transform_edt(
+        ~band.reshape((resolution,) * 3), return_indices=True
+    )
+    src = np.ravel_multi_index(tuple(src.reshape(3, -1)), (resolution,) * 3)
+    distance = np.linalg.norm(nodes - samples[nearest[src]], axis=-1)
+
+    tri = vertices[faces]
+    inside = np.zeros(len(nodes), bool)
+    near = distance <= _NEAR * cell
+    inside[near] = _inside(nodes[near], tri, "body prior: winding (near)")
+    labels, count = scipy.ndimage.label(~near.reshape((resolution,) * 3))
+    labels = labels.reshape(-1)
+    far = np.nonzero(labels)[0]
+    order = far[np.argsort(labels[far], kind="stable")]
+    starts = np.searchsorted(labels[order], np.arange(1, count + 1))
+    ends = np.append(starts[1:], len(order)) - 1
+    reps = order[np.stack([starts, (starts + ends) // 2, ends], -1)]  # [count, 3]
+    votes = _inside(nodes[reps.reshape(-1)], tri, "body prior: winding (far)").reshape(-1, 3)
+    component_inside = np.concatenate([[False], votes.sum(-1) >= 2])
+    inside[~near] = component_inside[labels[~near]]
+
+    grid = np.stack([inside.astype(np.float32), distance.astype(np.float32)], -1)
+    return grid.reshape((resolution,) * 3 + (2,))
+
+
 @struct.dataclass
 class BodyPrior:
     """grid: [R, R, R, 2] (occupancy in {0, 1}, unsigned distance) at the nodes of a regular grid
@@ -125,46 +173,11 @@ class BodyPrior:
             )
         if resolution < 2:
             raise ValueError(f"BodyPrior.build: resolution must be >= 2, got {resolution}")
-        cell = 2.0 * bound / (resolution - 1)
-        axis = np.linspace(-bound, bound, resolution)
-        nodes = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
-
-        samples = _surface_samples(vertices, faces, cell / _SAMPLES_PER_CELL)
-        tree = scipy.spatial.cKDTree(samples)
-        nearest = np.empty(len(nodes), np.int64)
-        for lo in tqdm(range(0, len(nodes), _KD_CHUNK), desc="body prior: distance", leave=False):
-            _, nearest[lo : lo + _KD_CHUNK] = tree.query(
-                nodes[lo : lo + _KD_CHUNK], workers=-1, distance_upper_bound=_BAND * cell
-            )
-        band = nearest < len(samples)
-        if not band.any():
-            raise ValueError(
-                f"BodyPrior.build: the mesh (bounds {vertices.min(0)}, {vertices.max(0)}) "
-                f"does not reach the grid's box [-{bound}, {bound}]^3"
-            )
-        _, src = scipy.ndimage.distance_transform_edt(
-            ~band.reshape((resolution,) * 3), return_indices=True
-        )
-        src = np.ravel_multi_index(tuple(src.reshape(3, -1)), (resolution,) * 3)
-        distance = np.linalg.norm(nodes - samples[nearest[src]], axis=-1)
-
-        tri = vertices[faces]
-        inside = np.zeros(len(nodes), bool)
-        near = distance <= _NEAR * cell
-        inside[near] = _inside(nodes[near], tri, "body prior: winding (near)")
-        labels, count = scipy.ndimage.label(~near.reshape((resolution,) * 3))
-        labels = labels.reshape(-1)
-        far = np.nonzero(labels)[0]
-        order = far[np.argsort(labels[far], kind="stable")]
-        starts = np.searchsorted(labels[order], np.arange(1, count + 1))
-        ends = np.append(starts[1:], len(order)) - 1
-        reps = order[np.stack([starts, (starts + ends) // 2, ends], -1)]  # [count, 3]
-        votes = _inside(nodes[reps.reshape(-1)], tri, "body prior: winding (far)").reshape(-1, 3)
-        component_inside = np.concatenate([[False], votes.sum(-1) >= 2])
-        inside[~near] = component_inside[labels[~near]]
-
-        grid = np.stack([inside.astype(np.float32), distance.astype(np.float32)], -1)
-        return cls(grid=jnp.asarray(grid.reshape((resolution,) * 3 + (2,))), bound=float(bound))
+        key = b"".join([vertices.tobytes(), faces.tobytes(), np.float64(bound).tobytes(),
+                        np.int64(resolution).tobytes(), source_bytes(sys.modules[__name__])])
+        grid = cached_arrays("body_prior", key, lambda: dict(
+            grid=_build_grid(vertices, faces, bound, resolution)))["grid"]
+        return cls(grid=jnp.asarray(grid), bound=float(bound))
 
     @property
     def occupancy(self):
