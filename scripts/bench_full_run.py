@@ -118,6 +118,8 @@ def step_ms_after(run_dir, step):
 
 
 def main():
+    from scripts.bench_train_step import print_table
+
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--small", action="store_true", help="demo sizes, tiny UNet, 40 steps (CPU)")
@@ -159,10 +161,7 @@ def main():
              ("second run: build [s]", f"{build2:.1f}"),
              ("second run: first step (compile cache warm) [s]",
               f"{second['first step']:.1f}")]
-    width = max(len(r[0]) for r in rows)
-    print(f"| {'phase'.ljust(width)} | value |\n|{'-' * (width + 2)}|-------|")
-    for name, value in rows:
-        print(f"| {name.ljust(width)} | {value} |")
+    print_table("phase", rows)
 
 
 if __name__ == "__main__":

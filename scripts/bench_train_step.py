@@ -54,6 +54,14 @@ def stand_in_guidance(cfg, unet_config, dtype, key):
     return if_guidance(cfg, module, params, embeddings, f"stand-in {n / 1e9:.2f} B"), n
 
 
+def print_table(heading, rows):
+    """A two-column markdown table of (name, value) rows."""
+    width = max(len(r[0]) for r in rows)
+    print(f"| {heading.ljust(width)} | value |\n|{'-' * (width + 2)}|-------|")
+    for name, value in rows:
+        print(f"| {name.ljust(width)} | {value} |")
+
+
 def kernel_table(trace_dir, steps, top=25):
     """Device time per step by kernel name, from the perfetto trace jax.profiler wrote."""
     path = next(os.path.join(d, f) for d, _, fs in os.walk(trace_dir) for f in fs
@@ -142,10 +150,7 @@ def main():
         ("steps per second", f"{1e3 / statistics.median(times):.2f}"),
         ("10 000 steps [min]", f"{10000 * statistics.median(times) / 6e4:.1f}"),
     ]
-    width = max(len(r[0]) for r in rows)
-    print(f"| {'quantity'.ljust(width)} | value |\n|{'-' * (width + 2)}|-------|")
-    for name, value in rows:
-        print(f"| {name.ljust(width)} | {value} |")
+    print_table("quantity", rows)
 
 
 if __name__ == "__main__":
