@@ -166,10 +166,11 @@ def get_config():
     # mesh_threshold: "release" (docs/method.md §2.6), "auto" or a density level (nerf/mesh.py); mesh_format:
     # glb, obj or ply (scene.glb is always written). The run ends with interfusion_jax.metrics on
     # metrics_views test views and a metrics_grid^3 grid. ray_chunk: rays an evaluation render
-    # takes at once (more is faster on a GPU, up to its memory).
+    # takes at once: a whole 512^2 image (scripts/bench_eval_render.py, H100: 87 ms a camera of
+    # three views; chunks of 2^13 rays took 1.5 s); lower it on a GPU short of memory.
     c.test = ml_collections.ConfigDict(
         dict(views=180, resolution=512, fps=30, mesh_resolution=128, mesh_format="glb",
-             mesh_threshold="release", metrics_views=8, metrics_grid=128, ray_chunk=2**13)
+             mesh_threshold="release", metrics_views=8, metrics_grid=128, ray_chunk=2**18)
     )
     return c
 

@@ -30,9 +30,11 @@ from nerf.mesh import export_mesh, extract_mesh, mesh_file_name
 from ifcommon import atomic_write, save_png
 
 # The evaluation sampler's buffers per ray of a chunk: samples kept and candidates evaluated in
-# one pass (a ray that needs more continues in the next pass; nothing is cut).
-EVAL_SAMPLES_PER_RAY = 32
-EVAL_CANDIDATES_PER_RAY = 128
+# one pass (a ray that needs more continues in the next pass; nothing is cut). The budgets are
+# shared by the rays that need them, and most rays of a test image miss the scene, so small
+# ones fit: 1 and 4 were the fastest on an H100 (scripts/bench_eval_render.py).
+EVAL_SAMPLES_PER_RAY = 1
+EVAL_CANDIDATES_PER_RAY = 4
 
 
 # imageio-ffmpeg starts ffmpeg with fork+exec, which JAX's fork warning does not tell apart from
@@ -60,19 +62,21 @@ def eval_chunk(size, ray_chunk):
     return min(ray_chunk, 1 << (size * size - 1).bit_length())
 
 
-def make_eval_renderer(model, cfg):
+def make_eval_renderer(model, cfg, samples_per_ray=EVAL_SAMPLES_PER_RAY,
+                       candidates_per_ray=EVAL_CANDIDATES_PER_RAY):
     """A jitted (params, grids, center, c2w, fovy, light, step, size) -> dict of the object, human
     and interaction views of one evaluation camera: rgb [3,S,S,3], normal [3,S,S,3] (the
     release's picture of normals, (n + 1) / 2 times the opacity) and opacity [3,S,S], S = size
     (static: one compilation per image size). Rays go in chunks of up to `test.ray_chunk`, each
-    with sample buffers of EVAL_SAMPLES_PER_RAY and EVAL_CANDIDATES_PER_RAY per ray; the shading
-    follows `material.ambient_only_steps`."""
+    with buffers of `samples_per_ray` samples and `candidates_per_ray` pruning candidates per ray
+    (shared fairly among the rays that need them); the shading follows
+    `material.ambient_only_steps`."""
     ray_chunk, ambient_only_steps = cfg.test.ray_chunk, cfg.material.ambient_only_steps
 
     def render(params, grids, center, c2w, fovy, light, step, size):
         chunk = eval_chunk(size, ray_chunk)
-        march = dataclasses.replace(model.march, max_samples=chunk * EVAL_SAMPLES_PER_RAY,
-                                    max_candidates=chunk * EVAL_CANDIDATES_PER_RAY)
+        march = dataclasses.replace(model.march, max_samples=chunk * samples_per_ray,
+                                    max_candidates=chunk * candidates_per_ray)
         c2ws, lights = scene_views(c2w, light, center, model.head, (1.0,) * len(VIEW_TABLE))
         images = []
         for v, view in enumerate(VIEW_TABLE):

@@ -10,4 +10,4 @@ from nerf.cameras import Camera, circle_cameras, generate_rays, look_at, random_
 from nerf.occupancy import OccupancyGrid, init_grid, update_grid
 from nerf.render import (FieldFns, render_composite, render_composite_complete, render_field,
                          render_field_complete)
-from nerf.sampler import MarchConfig, Samples, fair_share, sample_rays
+from nerf.sampler import MarchConfig, Samples, fair_quota, sample_rays

@@ -109,51 +109,111 @@ def ray_box_interval(origins, directions, radius):
     return t_enter, t_exit, usable & (t_exit > t_enter)
 
 
-def compact(mask, size):
-    """Positions of the True entries of mask [M], in order, in `size` slots.
+def fair_quota(counts, budget, most):
+    """How many of its entries each row keeps of a budget shared by a water level.
 
-    Returns index [size] int32 (0 in unused slots), valid [size] bool, count (before truncation).
+    counts [N] int32 (each <= most, static) -> quota [N] int32, sum(quota) <= budget: every row
+    keeps min(n_i, c) for the largest c with sum_i min(n_i, c) <= budget, and the rest of the
+    budget gives one more to the first rows that have more than c.
     """
-    pos = jnp.cumsum(mask.astype(jnp.int32)) - 1
-    count = pos[-1] + 1
-    target = jnp.where(mask & (pos < size), pos, size)
-    index = jnp.zeros(size, jnp.int32).at[target].set(
-        jnp.arange(mask.shape[0], dtype=jnp.int32), mode="drop")
-    return index, jnp.arange(size) < count, count
-
-
-def fair_share(mask, budget):
-    """The entries of mask [N,M] (per ray, in march order) that a budget of `budget` keeps.
-
-    Water level: every row keeps its first min(n_i, c) entries for the largest c with
-    sum_i min(n_i, c) <= budget; the rest of the budget gives entry c to the first rows that have
-    one. Returns keep [N,M] bool (sum <= budget) and rank [N,M] int32 (entry's index in its row).
-    """
-    num_rows, m = mask.shape
-    rank = jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1
-    counts = rank[:, -1] + 1
-    rows_per_count = jnp.zeros(m + 1, jnp.int32).at[counts].add(1)
-    longer_than = num_rows - jnp.cumsum(rows_per_count)[:m]  # [k]: rows with more than k entries
+    num_rows = counts.shape[0]
+    rows_per_count = jnp.zeros(most + 1, jnp.int32).at[counts].add(1)
+    longer_than = num_rows - jnp.cumsum(rows_per_count)[:most]  # [k]: rows with more than k
     fits = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(longer_than)])  # sum min(n_i, c)
     level = jnp.sum(fits <= budget) - 1
-    leftover = budget - fits[level]
     wants_more = counts > level
-    extra = wants_more & (jnp.cumsum(wants_more.astype(jnp.int32)) <= leftover)
-    keep = mask & ((rank < level) | ((rank == level) & extra[:, None]))
-    return keep, rank
+    extra = wants_more & (jnp.cumsum(wants_more.astype(jnp.int32)) <= budget - fits[level])
+    return jnp.minimum(counts, level) + extra.astype(jnp.int32)
+
+
+# A table of N rays x M steps is read whole when it is small, as in a training render (4096 x
+# 514), and searched by ray when it is large, as in an evaluation chunk (2^18 rays): a search
+# loops over log2 steps, and each loop iteration costs microseconds of launches, which a training
+# step pays a thousand times; a pass over a large table costs its bandwidth, per pruning round.
+DENSE_TABLE = 2**22
+
+
+def _slots(mask, running, skip, quota, size):
+    """The entries skip_i + 1 ... skip_i + quota_i of each row of mask [N,M] (running: its cumsum
+    along rows), ray-major and in column order, in `size` slots.
+
+    Returns ray [size] int32 (N in unused slots), column [size] int32, valid [size] bool and
+    last [N] int32 (each row's last slot; -1 when it has none).
+    """
+    num_rows, m = mask.shape
+    end = jnp.cumsum(quota)
+    start = end - quota
+    slot = jnp.arange(size, dtype=jnp.int32)
+    valid = slot < end[-1]
+    last = jnp.where(quota > 0, end - 1, -1)
+    if num_rows * m <= DENSE_TABLE:
+        rank = running - skip[:, None]
+        taken = mask & (rank >= 1) & (rank <= quota[:, None])
+        target = jnp.where(taken, start[:, None] + rank - 1, size).reshape(-1)
+        flat = jnp.zeros(size, jnp.int32).at[target].set(
+            jnp.arange(num_rows * m, dtype=jnp.int32), mode="drop")
+        return jnp.where(valid, flat // m, num_rows), flat % m, valid, last
+    # The last row starting at or before the slot: rows with an empty run share the next start.
+    row = jnp.searchsorted(start, slot, side="right").astype(jnp.int32) - 1
+    count = skip[row] + slot - start[row] + 1
+    flat = running.reshape(-1)
+
+    def halve(_, bounds):  # binary search for the first column whose running count >= count
+        lo, hi = bounds
+        mid = (lo + hi) // 2
+        at_least = flat[row * m + jnp.minimum(mid, m - 1)] >= count
+        searching = lo < hi
+        return (jnp.where(searching & ~at_least, mid + 1, lo),
+                jnp.where(searching & at_least, mid, hi))
+
+    column, _ = jax.lax.fori_loop(0, m.bit_length(), halve,
+                                  (jnp.zeros_like(count), jnp.full_like(count, m)))
+    return jnp.where(valid, row, num_rows), column, valid, last
+
+
+def _shift(x, distance, fill):
+    """x [S] moved `distance` (traced) places towards the end, `fill` in front."""
+    padded = jnp.concatenate([jnp.full_like(x, fill), x])
+    return jax.lax.dynamic_slice(padded, (x.shape[0] - distance,), x.shape)
+
+
+def _run_products(values, ray, column, num_rays, m):
+    """Inclusive and exclusive products of values [S] along each ray's slots (ray-major, in
+    column order): per ray alone, so no product mixes rays. Slots with ray == num_rays get 1."""
+    if num_rays * m <= DENSE_TABLE:
+        table = jnp.ones((num_rays, m), values.dtype).at[ray, column].set(values, mode="drop")
+        inclusive = jnp.cumprod(table, axis=1)
+        exclusive = jnp.concatenate([jnp.ones_like(inclusive[:, :1]), inclusive[:, :-1]], axis=1)
+        return tuple(t.at[ray, column].get(mode="fill", fill_value=1.0)
+                     for t in (inclusive, exclusive))
+    # A segmented scan by Hillis-Steele doubling in a fori_loop (lax.associative_scan unrolls
+    # every level, which tripled the evaluation renderer's compile time).
+    first = jnp.concatenate([jnp.ones(1, bool), ray[1:] != ray[:-1]])
+
+    def double(k, carry):
+        # A slot's run starts in its window when it already had a start there: the slots in front
+        # of the first one count as a start, as slot 0 always is one.
+        starts, inclusive = carry
+        distance = jnp.left_shift(1, k)
+        before = _shift(inclusive, distance, 1.0)
+        return (starts | _shift(starts, distance, True),
+                jnp.where(starts, inclusive, before * inclusive))
+
+    steps = max(1, (values.shape[0] - 1).bit_length())
+    _, inclusive = jax.lax.fori_loop(0, steps, double, (first, values))
+    shifted = jnp.concatenate([jnp.ones(1, values.dtype), inclusive[:-1]])
+    return inclusive, jnp.where(first, 1.0, shifted)
 
 
 def transmittance(alpha, ray_index, step_index, num_rays, steps_per_ray):
-    """Exclusive per-ray prod(1 - alpha) in front of each sample, exact per ray. All [S].
+    """Exclusive per-ray prod(1 - alpha) in front of each sample [S] (samples ray-major, in march
+    order)."""
+    return _run_products(1.0 - alpha, ray_index, step_index, num_rays, steps_per_ray)[1]
 
-    Samples are scattered to a dense [num_rays, steps_per_ray] table so the product runs along
-    each ray alone (no global prefix sum whose rounding would mix rays).
-    """
-    table = jnp.ones((num_rays, steps_per_ray), alpha.dtype)
-    table = table.at[ray_index, step_index].set(1.0 - alpha, mode="drop")
-    inclusive = jnp.cumprod(table, axis=1)
-    exclusive = jnp.concatenate([jnp.ones_like(inclusive[:, :1]), inclusive[:, :-1]], axis=1)
-    return exclusive.at[ray_index, step_index].get(mode="fill", fill_value=0.0)
+
+def _first_column(running, count):
+    """Per row, the first column whose running count [N,M] reaches count [N] (M if none)."""
+    return jnp.sum(running < count[:, None], axis=1, dtype=jnp.int32)
 
 
 def sample_points(origins, directions, samples):
@@ -184,6 +244,10 @@ def _prune(candidates, point_of, density_fn, trans0, thresh, march):
     num_rays, m = candidates.shape
     column = jnp.arange(m, dtype=jnp.int32)
     dt = march.step_size
+    # Each round takes every open ray's next candidates: with the rows' running counts a round
+    # finds them by binary search, without a pass over the [N,M] table.
+    running = jnp.cumsum(candidates, axis=1, dtype=jnp.int32)
+    total = running[:, -1]
 
     # Per ray, not per step: a ray is open while it has candidates at or after pos and light left.
     last_candidate = jnp.max(jnp.where(candidates, column[None, :], -1), axis=1)
@@ -197,22 +261,26 @@ def _prune(candidates, point_of, density_fn, trans0, thresh, march):
 
     def body(carry):
         rounds, pos, ray_trans, kept, trans, evaluated, nan_count = carry
-        left = candidates & (column[None, :] >= pos[:, None]) & open_ray(pos, ray_trans)[:, None]
-        take, _ = fair_share(left, march.max_candidates)
-        flat, valid, _ = compact(take.reshape(-1), march.max_candidates)
-        ray = jnp.where(valid, flat // m, num_rays)
-        col = flat % m
-        density = jax.lax.stop_gradient(density_fn(point_of(jnp.minimum(ray, num_rays - 1), col)))
+        before = jnp.where(pos > 0, jnp.take_along_axis(
+            running, jnp.clip(pos - 1, 0, m - 1)[:, None], axis=1)[:, 0], 0)
+        quota = fair_quota(jnp.where(open_ray(pos, ray_trans), total - before, 0),
+                           march.max_candidates, m)
+        ray, col, valid, last = _slots(candidates, running, before, quota,
+                                       march.max_candidates)
+        ray_c = jnp.minimum(ray, num_rays - 1)
+        density = jax.lax.stop_gradient(density_fn(point_of(ray_c, col)))
         nan = jnp.isnan(density) & valid
         alpha = 1.0 - jnp.exp(-jnp.where(valid & ~nan, density, 0.0) * dt)
-        table = jnp.ones((num_rays, m)).at[ray, col].set(1.0 - alpha, mode="drop")
-        inclusive = jnp.cumprod(table, axis=1)
-        exclusive = jnp.concatenate([jnp.ones((num_rays, 1)), inclusive[:, :-1]], axis=1)
-        in_front = ray_trans[:, None] * exclusive
-        keep = take & (in_front >= march.early_stop_eps) & (1.0 - table >= thresh)
-        last = jnp.max(jnp.where(take, column[None, :], -1), axis=1)
-        return (rounds + 1, jnp.where(last >= 0, last + 1, pos), ray_trans * inclusive[:, -1],
-                kept | keep, jnp.where(take, in_front, trans),
+        passes = 1.0 - alpha
+        inclusive, exclusive = _run_products(passes, ray, col, num_rays, m)
+        in_front = ray_trans[ray_c] * exclusive
+        keep = valid & (in_front >= march.early_stop_eps) & (1.0 - passes >= thresh)
+        taken = last >= 0
+        last_c = jnp.maximum(last, 0)
+        return (rounds + 1, jnp.where(taken, col[last_c] + 1, pos),
+                jnp.where(taken, ray_trans * inclusive[last_c], ray_trans),
+                kept.at[ray, col].set(keep, mode="drop"),
+                trans.at[ray, col].set(in_front, mode="drop"),
                 evaluated + jnp.sum(valid, dtype=jnp.int32),
                 nan_count + jnp.sum(nan, dtype=jnp.int32))
 
@@ -271,29 +339,29 @@ def sample_rays(key, origins, directions, grid, density_fn, march, start=None, t
         unevaluated = jnp.full(num_rays, steps, jnp.int32)
         evaluated = nan_count = rounds = jnp.zeros((), jnp.int32)
 
-    keep, _ = fair_share(kept, march.max_samples)
-    cut = kept & ~keep
-    first_cut = jnp.min(jnp.where(cut, column[None, :], steps), axis=1)
+    running = jnp.cumsum(kept, axis=1, dtype=jnp.int32)
+    counts = running[:, -1]
+    quota = fair_quota(counts, march.max_samples, steps)
+    ray, col, valid, _ = _slots(kept, running, jnp.zeros_like(quota), quota, march.max_samples)
+    every_ray = jnp.arange(num_rays, dtype=jnp.int32)
+    first_cut = jnp.where(quota < counts, _first_column(running, quota + 1), steps)
     resume = jnp.minimum(first_cut, unevaluated)
-    cut_trans = jnp.where(first_cut < steps,
-                          jnp.take_along_axis(trans, jnp.minimum(first_cut, steps - 1)[:, None],
-                                              axis=1)[:, 0],
+    cut_trans = jnp.where(first_cut < steps, trans[every_ray, jnp.minimum(first_cut, steps - 1)],
                           ray_trans)
     truncated = resume < steps
 
-    flat, valid, _ = compact(keep.reshape(-1), march.max_samples)
-    ray, col = flat // steps, flat % steps
+    ray_c = jnp.minimum(ray, num_rays - 1)
     return Samples(
-        ray_index=jnp.where(valid, ray, num_rays).astype(jnp.int32),
+        ray_index=ray,
         step_index=jnp.where(valid, col, 0).astype(jnp.int32),
-        t_mid=jnp.where(valid, t_of(ray, col), 0.0),
+        t_mid=jnp.where(valid, t_of(ray_c, col), 0.0),
         valid=valid,
         resume_step=resume.astype(jnp.int32),
         truncated=truncated,
         open_truncated=truncated & (cut_trans > OPAQUE_TRANSMITTANCE),
         num_candidates=evaluated if march.prunes else jnp.sum(candidates, dtype=jnp.int32),
-        num_kept=jnp.sum(kept, dtype=jnp.int32),
-        dropped=jnp.sum(cut, dtype=jnp.int32),
+        num_kept=jnp.sum(counts),
+        dropped=jnp.sum(counts - quota),
         rounds=rounds,
         nan_density=nan_count,
     )

@@ -12,7 +12,8 @@ from nerf.render import (FieldFns, render_composite, render_composite_complete, 
                          render_field_complete)
 from configs.base import get_config
 from interfusion_jax.train_step import march_config
-from nerf.sampler import fair_share
+from nerf import sampler
+from nerf.sampler import fair_quota, sample_rays
 
 RELEASE = dataclasses.replace(march_config(get_config()), max_candidates=2**17)
 EXACT = dataclasses.replace(RELEASE, max_samples=2**17, alpha_threshold=0.0, early_stop_eps=0.0)
@@ -237,18 +238,16 @@ def test_empty_scene_gives_background_and_finite_gradients():
     assert np.isfinite(float(g))
 
 
-def test_fair_share_is_the_round_robin_prefix():
+def test_fair_quota_is_the_round_robin_prefix():
     rng = np.random.default_rng(0)
-    mask = rng.random((37, 23)) < rng.random((37, 1))
-    for budget in (0, 5, 37, 60, 150, int(mask.sum()), int(mask.sum()) + 10):
-        keep, _ = fair_share(jnp.asarray(mask), budget)
+    counts = rng.integers(0, 23, 37) * (rng.random(37) < 0.8)
+    for budget in (0, 5, 37, 60, 150, int(counts.sum()), int(counts.sum()) + 10):
+        quota = fair_quota(jnp.asarray(counts, jnp.int32), budget, 23)
         # NumPy: every row's first entry, then every row's second, ... until the budget is spent
-        order = sorted((rank, row) for row in range(mask.shape[0])
-                       for rank in range(mask[row].sum()))[:budget]
-        want = np.zeros_like(mask)
-        for rank, row in order:
-            want[row, np.flatnonzero(mask[row])[rank]] = True
-        np.testing.assert_array_equal(np.asarray(keep), want, err_msg=f"budget {budget}")
+        order = sorted((rank, row) for row in range(len(counts))
+                       for rank in range(counts[row]))[:budget]
+        want = np.bincount([row for _, row in order], minlength=len(counts))
+        np.testing.assert_array_equal(np.asarray(quota), want, err_msg=f"budget {budget}")
 
 
 def sphere_density(x):
@@ -320,6 +319,44 @@ def test_cut_rays_are_measured_and_the_complete_render_cuts_none():
     assert float(plain["truncated_rays"]) == 0
     np.testing.assert_allclose(np.asarray(both["comp_rgb"]), np.asarray(plain["comp_rgb"]),
                                atol=1e-4)
+
+
+def test_searched_and_dense_tables_give_the_same_samples(monkeypatch):
+    """The sampler reads its [rays, steps] tables whole when they are small and searches them per
+    ray when they are large (evaluation chunks); both keep the same samples and cuts."""
+    o, d = camera_rays(24)
+    updated, _ = update_grid(init_grid(), jax.random.PRNGKey(0), blob_density, 0,
+                             step_size=RELEASE.step_size)
+    n = o.shape[0]
+    start = jnp.asarray(np.random.default_rng(0).integers(0, 200, n), jnp.int32)
+    trans0 = jnp.asarray(np.random.default_rng(1).uniform(1e-3, 1.0, n), jnp.float32)
+    cases = [(RELEASE, None, None), (dataclasses.replace(RELEASE, max_samples=2 * n,
+                                                         max_candidates=8 * n, max_rounds=64),
+                                     start, trans0),
+             (dataclasses.replace(RELEASE, max_samples=300, max_candidates=1000, max_rounds=3),
+              None, None)]
+    for march, s, t in cases:
+        def sample(o, d, march=march, s=s, t=t):
+            return sample_rays(jax.random.PRNGKey(3), o, d, updated, blob_density, march, s, t)
+
+        dense = jax.jit(sample)(o, d)
+        monkeypatch.setattr(sampler, "DENSE_TABLE", 0)
+        searched = jax.jit(sample)(o, d)
+        monkeypatch.undo()
+        assert int(dense.dropped) > 0 or march is RELEASE
+        for name in ("ray_index", "step_index", "valid", "resume_step", "truncated",
+                     "open_truncated", "num_candidates", "num_kept", "dropped", "rounds"):
+            np.testing.assert_array_equal(np.asarray(getattr(searched, name)),
+                                          np.asarray(getattr(dense, name)), err_msg=name)
+        np.testing.assert_allclose(np.asarray(searched.t_mid), np.asarray(dense.t_mid), atol=1e-6)
+        alpha = jnp.where(dense.valid, 0.3 + 0.2 * jnp.sin(dense.t_mid), 0.0)
+        both = [sampler.transmittance(alpha, dense.ray_index, dense.step_index, n,
+                                      RELEASE.steps_per_ray)]
+        monkeypatch.setattr(sampler, "DENSE_TABLE", 0)
+        both.append(sampler.transmittance(alpha, dense.ray_index, dense.step_index, n,
+                                          RELEASE.steps_per_ray))
+        monkeypatch.undo()
+        np.testing.assert_allclose(np.asarray(both[1]), np.asarray(both[0]), rtol=1e-5)
 
 
 def test_a_fresh_grid_keeps_the_configured_alpha_threshold():
