@@ -13,10 +13,13 @@ from nerf.render import FieldFns, render_field, render_field_complete
 from nerf.sampler import MarchConfig
 
 RADIUS = 1.0
-MARCH = MarchConfig(radius=RADIUS, num_steps_per_diagonal=96, max_samples=2**14,
-                    max_candidates=2**15, max_rounds=4, alpha_threshold=0.01)
+MARCH = MarchConfig(radius=RADIUS, num_steps_per_diagonal=96, max_samples=2**13,
+                    max_candidates=2**14, max_rounds=4, alpha_threshold=0.01)
 SIZE = 20
 RAYS_PER_STEP = 512
+# Past the grid's 64 warm-up steps. Measured (2 CPU cores): held-out PSNR 18.8 dB untrained,
+# 29.3 dB after 30 steps, 34.8 dB after 100 (35.4 dB after 250 steps with twice the buffers).
+STEPS = 100
 
 
 def target_density(x):
@@ -95,7 +98,7 @@ def test_fit_held_out_views_psnr():
 
     grid = init_grid(radius=RADIUS)
     key = jax.random.PRNGKey(1)
-    for step in range(250):
+    for step in range(STEPS):
         key, k_grid, k_step = jax.random.split(key, 3)
         if step % 8 == 0:
             grid = grid_step(params, grid, k_grid, step)

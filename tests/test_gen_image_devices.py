@@ -5,7 +5,11 @@ process with nothing left to draw is process 0, whose coordination service the o
 
 Equal to the bit because every device runs one image per batch in both runs (--batch_size 1); the
 global batch (4, padded, against 1) and the device count differ. Other per-device batch sizes agree
-only up to float rounding, which the random UNets amplify over 150 steps, so they are not compared."""
+only up to float rounding, which the random UNets amplify over the steps, so they are not compared.
+
+The command line runs as `python -m pose.gen_image` does, but for the cascade's step counts: IF's
+100 + 50 steps are cut to STEPS (the sampling loop and its per-step noise are the same code for any
+count; the device, batch and process logic under test does not depend on it)."""
 
 import os
 import shutil
@@ -20,6 +24,15 @@ from pose.gen_image import image_name
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHRASES = ["riding a bike", "playing a drum", "lifting a box", "reading a book"]
 N = 3
+STEPS = (STAGE1_STEPS, STAGE2_STEPS) = (20, 10)
+# `python -m pose.gen_image ARGS` with sampling.iter_images's step counts set to STEPS.
+LAUNCH = f"""
+import functools, runpy
+from guidance import sampling
+sampling.iter_images = functools.partial(sampling.iter_images, stage1_steps={STAGE1_STEPS},
+                                         stage2_steps={STAGE2_STEPS})
+runpy.run_module("pose.gen_image", run_name="__main__", alter_sys=True)
+"""
 
 
 def _tiny_cascade(root):
@@ -42,7 +55,7 @@ def test_same_images_on_4_devices_and_on_2_processes_resuming(tmp_path):
     prompts = tmp_path / "phrases.txt"
     prompts.write_text("\n".join(PHRASES) + "\n")
     out = tmp_path / "images"
-    argv = [sys.executable, "-m", "pose.gen_image", "--prompts", str(prompts), "--out", str(out), "--if_stage1",
+    argv = [sys.executable, "-c", LAUNCH, "--prompts", str(prompts), "--out", str(out), "--if_stage1",
             str(stage1), "--if_stage2", str(stage2), "--num_images_per_text", str(N), "--batch_size", "1"]
     # The prompt-embedding cache goes under tmp_path; no launcher variables from a job running the tests.
     # XLA:CPU splits loops over max(PJRT_NPROC or the core count, devices) threads, and the split moves

@@ -106,7 +106,7 @@ def test_resume_continues_exactly_compiles_once_and_stops_on_ctrl_c(run_dir, tmp
                                                                      capsys):
     """Resuming from step 2 (an override extending the run) reproduces the uninterrupted step 3
     bit for bit with one compilation of the step and no doubled log rows; Ctrl-C then saves the
-    current step and says how to resume."""
+    current step and says how to resume. (No validation sheets: the fixture's run has them.)"""
     copy = str(tmp_path / "demo")
     shutil.copytree(run_dir, copy)
     shutil.rmtree(os.path.join(copy, "ckpt", "3"))
@@ -115,7 +115,8 @@ def test_resume_continues_exactly_compiles_once_and_stops_on_ctrl_c(run_dir, tmp
     try:
         with caplog.at_level(logging.WARNING):
             status = run("--resume", copy, "--config.train.max_steps=1000",
-                         "--config.train.checkpoint_every=1", "--config.train.keep_checkpoints=99")
+                         "--config.train.checkpoint_every=1", "--config.train.keep_checkpoints=99",
+                         "--config.train.val_every=1000")
     finally:
         jax.config.update("jax_log_compiles", False)
     assert status == 130
@@ -133,8 +134,10 @@ def test_resume_continues_exactly_compiles_once_and_stops_on_ctrl_c(run_dir, tmp
 def test_non_finite_steps_are_skipped_then_the_run_stops(run_dir, tmp_path, capsys):
     copy = str(tmp_path / "demo")
     shutil.copytree(run_dir, copy)
+    # No validation sheets (the fixture's run has them): TINY's val_every=2 would render ten.
     status = run("--resume", copy, "--config.loss.lambda_sparsity=nan",
-                 "--config.train.max_steps=40", "--config.train.checkpoint_every=1")
+                 "--config.train.max_steps=40", "--config.train.checkpoint_every=1",
+                 "--config.train.val_every=1000")
     assert status == 1
     assert "non-finite" in capsys.readouterr().err
     rows = [json.loads(line) for line in open(os.path.join(copy, "metrics.jsonl"))]
@@ -149,9 +152,8 @@ def test_non_finite_steps_are_skipped_then_the_run_stops(run_dir, tmp_path, caps
 def test_test_and_export_from_a_checkpoint(run_dir, tmp_path):
     copy = str(tmp_path / "demo")
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("test", "mesh", "metrics.json"))
-    assert run("--test", copy, "--config.test.views=3") == 0
-    assert sorted(os.listdir(os.path.join(copy, "test", "frames", "object"))) == \
-        ["0000.png", "0001.png", "0002.png"]
+    assert run("--test", copy, "--config.test.views=1") == 0  # not the run's 2: the override holds
+    assert sorted(os.listdir(os.path.join(copy, "test", "frames", "object"))) == ["0000.png"]
     assert os.path.isfile(os.path.join(copy, "metrics.json"))
     assert run("--export", copy, "--config.test.mesh_format=ply") == 0
     assert sorted(os.listdir(os.path.join(copy, "mesh"))) == \
