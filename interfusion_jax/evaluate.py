@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import os
 import sys
+import threading
 import warnings
 
 import imageio.v2 as imageio
@@ -94,7 +95,49 @@ def make_eval_renderer(model, cfg, samples_per_ray=EVAL_SAMPLES_PER_RAY,
         return dict(rgb=rgb.reshape(*shape, 3), normal=normal.reshape(*shape, 3),
                     opacity=opacity.reshape(shape))
 
-    return jax.jit(render, static_argnames="size")
+    return EvalRenderer(jax.jit(render, static_argnames="size"))
+
+
+class EvalRenderer:
+    """make_eval_renderer's render, called as (params, grids, center, c2w, fovy, light, step,
+    size), with compilations started ahead of its first calls (`compile_ahead`): a call waits
+    for its size's compilation rather than starting another."""
+
+    def __init__(self, jitted):
+        self._jitted, self._pending = jitted, {}
+
+    def __call__(self, params, grids, center, c2w, fovy, light, step, size):
+        thread = self._pending.pop(size, None)
+        if thread is not None:
+            thread.join()
+        return self._jitted(params, grids, center, c2w, fovy, light, step, size)
+
+    def compile_ahead(self, state, cfg, sizes):
+        """Compile for size x size images, for each of `sizes`, in threads, so that the
+        compilations overlap training instead of holding up the first validation sheet and the
+        test. Each thread renders one camera of a zeroed copy of `state` (same shapes, dtypes
+        and devices as the states rendered later; its empty occupancy grids make the render do
+        nothing), which leaves the compiled renderer in the jitted function's cache. Call
+        `wait` before the process exits, which aborts during an XLA compilation."""
+        used = (state.params, state.grids, state.center, state.step)
+        # Placed as the originals (committed to their devices): the cache tells the two apart.
+        params, grids, center, step = jax.jit(
+            lambda s: jax.tree.map(jnp.zeros_like, s),
+            out_shardings=jax.tree.map(lambda a: a.sharding, used))(used)
+        cams = _eval_circle(cfg, 1)
+        for size in dict.fromkeys(sizes):
+            if size not in self._pending:
+                self._pending[size] = threading.Thread(
+                    target=lambda size=size: jax.block_until_ready(self._jitted(
+                        params, grids, center, cams.c2w[0], cams.fovy[0], cams.light_position[0],
+                        step, size)),
+                    name=f"compile evaluation render {size}")
+                self._pending[size].start()
+
+    def wait(self):
+        """Wait for the compilations started ahead."""
+        for thread in self._pending.values():
+            thread.join()
 
 
 def _uint8(scaled):
@@ -102,12 +145,17 @@ def _uint8(scaled):
     return np.asarray(scaled.astype(jnp.uint8))
 
 
+def _eval_circle(cfg, n_views):
+    return circle_cameras(n_views, elevation=cfg.camera.eval_elevation,
+                          distance=cfg.camera.eval_distance, fovy=cfg.camera.eval_fovy)
+
+
 def circle_frames(render, state, cfg, n_views, size, desc):
     """Per camera of the evaluation circle, its uint8 images: rgb, normal [3,S,S,3] and opacity
     [3,S,S,3] (grey) of the object, human and interaction views, S = size; `render` from
     make_eval_renderer."""
-    cams = circle_cameras(n_views, elevation=cfg.camera.eval_elevation,
-                          distance=cfg.camera.eval_distance, fovy=cfg.camera.eval_fovy)
+    cams = _eval_circle(cfg, n_views)
+
     def dispatch(i):  # returns at once: the device renders while the host handles the last one
         out = render(state.params, state.grids, state.center, cams.c2w[i], cams.fovy[i],
                      cams.light_position[i], state.step, size)
@@ -125,10 +173,15 @@ def render_circle(render, state, cfg, n_views, size, desc):
     return np.stack([f["rgb"] for f in circle_frames(render, state, cfg, n_views, size, desc)])
 
 
+def validation_size(cfg):
+    """A validation image's side: twice the training render's width."""
+    return 2 * cfg.render.width
+
+
 def validation_sheet(render, state, cfg):
-    """uint8 [V*S, 3*S, 3]: rows are views, columns object | human | interaction; S is twice the
-    training render's width."""
-    frames = render_circle(render, state, cfg, cfg.train.val_views, 2 * cfg.render.width,
+    """uint8 [V*S, 3*S, 3]: rows are views, columns object | human | interaction; S is
+    validation_size."""
+    frames = render_circle(render, state, cfg, cfg.train.val_views, validation_size(cfg),
                            "validate")
     return np.concatenate([np.concatenate(list(f), axis=1) for f in frames], axis=0)
 

@@ -43,8 +43,8 @@ from interfusion_jax.guidance_setup import load_unet
 from interfusion_jax.inputs import check_inputs
 from interfusion_jax.interrupt import StopRequest
 from interfusion_jax.timing import PhaseTimer
-from interfusion_jax.train import (Progress, build, center_due, finish, first_step_done,
-                                   make_center_fn, open_run, use_compile_cache)
+from interfusion_jax.train import (Progress, build, center_due, compile_eval_ahead, finish,
+                                   first_step_done, make_center_fn, open_run, use_compile_cache)
 from interfusion_jax.train_step import StepSettings, bind_step, step_arrays
 
 AXIS = "scenes"
@@ -228,6 +228,8 @@ def _train_together(members, states, per_device, stop):
     print(f"[interfusion] compiling the training step of {len(members)} scenes on "
           f"{mesh.devices.size} device(s), {slots // mesh.devices.size} per device",
           file=sys.stderr)
+    for i, m in enumerate(members):
+        compile_eval_ahead(m.render, scene_state(stacked, i), m.cfg)
     t0 = time.perf_counter()
     try:
         while True:
@@ -260,6 +262,8 @@ def _train_together(members, states, per_device, stop):
     finally:
         for p in progress:
             p.close()
+        for m in members:
+            m.render.wait()
 
 
 def _train_batch(scenes, per_device, overwrite, unets, stop):

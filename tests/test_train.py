@@ -15,6 +15,7 @@ import pytest
 import trimesh
 
 from interfusion_jax.checkpoint import complete_steps, restore_checkpoint
+from interfusion_jax import train as train_module
 from interfusion_jax.train import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,10 +41,35 @@ def flags(overrides):
     return [f"--config.{o}" for o in overrides]
 
 
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+# The threads that compiled the evaluation renderer during the fixture's run.
+RENDER_COMPILES = []
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    assert run("--config", DEMO, *flags(TINY + [f"output_dir={out}"])) == 0
+    handler = _Records()
+    logging.getLogger().addHandler(handler)
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            # The evaluation renderer compiles ahead while training, as it does on a GPU.
+            mp.setattr(train_module, "background_compiles_pay", lambda: True)
+            assert run("--config", DEMO, *flags(TINY + [f"output_dir={out}"])) == 0
+    finally:
+        jax.config.update("jax_log_compiles", False)
+        logging.getLogger().removeHandler(handler)
+    RENDER_COMPILES[:] = [r.threadName for r in handler.records
+                          if r.getMessage().startswith("Finished XLA compilation of jit(render)")]
     return os.path.join(out, "demo")
 
 
@@ -77,6 +103,9 @@ def test_run_writes_every_output(run_dir):
     assert len(human.faces) > 0 and np.all(np.abs(human.vertices) <= 2.0 + 1e-4)
     assert json.load(open(os.path.join(run_dir, "metrics.json")))["step"] == 3
     assert not any(".tmp" in f for _, _, fs in os.walk(run_dir) for f in fs)
+    # One size (validation and test are 32x32), compiled ahead from the initial state, served
+    # the renders of the trained states: no second compilation.
+    assert RENDER_COMPILES == ["compile evaluation render 32"]
 
 
 def test_existing_run_folder_is_refused(run_dir, capsys):
