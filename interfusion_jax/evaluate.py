@@ -104,19 +104,18 @@ class EvalRenderer:
     for its size's compilation rather than starting another."""
 
     def __init__(self, jitted):
-        self._jitted, self._pending = jitted, {}
+        self._jitted, self._compiled, self._threads = jitted, {}, []
 
     def __call__(self, params, grids, center, c2w, fovy, light, step, size):
-        thread = self._pending.pop(size, None)
-        if thread is not None:
-            thread.join()
+        if size in self._compiled:
+            self._compiled[size].wait()
         return self._jitted(params, grids, center, c2w, fovy, light, step, size)
 
     def compile_ahead(self, state, cfg, sizes):
-        """Compile for size x size images, for each of `sizes`, in threads, so that the
-        compilations overlap training instead of holding up the first validation sheet and the
-        test. Each thread renders one camera of a zeroed copy of `state` (same shapes, dtypes
-        and devices as the states rendered later; its empty occupancy grids make the render do
+        """Compile for size x size images, for each of `sizes` in turn, in a thread, so that the
+        compilations overlap training instead of holding up the validation sheets and the test.
+        The thread renders one camera of a zeroed copy of `state` (same shapes, dtypes and
+        devices as the states rendered later; its empty occupancy grids make the render do
         nothing), which leaves the compiled renderer in the jitted function's cache. Call
         `wait` before the process exits, which aborts during an XLA compilation."""
         used = (state.params, state.grids, state.center, state.step)
@@ -125,18 +124,28 @@ class EvalRenderer:
             lambda s: jax.tree.map(jnp.zeros_like, s),
             out_shardings=jax.tree.map(lambda a: a.sharding, used))(used)
         cams = _eval_circle(cfg, 1)
-        for size in dict.fromkeys(sizes):
-            if size not in self._pending:
-                self._pending[size] = threading.Thread(
-                    target=lambda size=size: jax.block_until_ready(self._jitted(
+        sizes = [size for size in dict.fromkeys(sizes) if size not in self._compiled]
+        compiled = {size: threading.Event() for size in sizes}
+        self._compiled.update(compiled)
+
+        def compile_all():
+            for size in sizes:
+                try:
+                    jax.block_until_ready(self._jitted(
                         params, grids, center, cams.c2w[0], cams.fovy[0], cams.light_position[0],
-                        step, size)),
-                    name=f"compile evaluation render {size}")
-                self._pending[size].start()
+                        step, size))
+                except Exception:  # the waiting call compiles again and reports the error
+                    pass
+                finally:
+                    compiled[size].set()
+
+        self._threads.append(threading.Thread(target=compile_all,
+                                              name="compile evaluation renders"))
+        self._threads[-1].start()
 
     def wait(self):
         """Wait for the compilations started ahead."""
-        for thread in self._pending.values():
+        for thread in self._threads:
             thread.join()
 
 

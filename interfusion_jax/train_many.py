@@ -228,8 +228,6 @@ def _train_together(members, states, per_device, stop):
     print(f"[interfusion] compiling the training step of {len(members)} scenes on "
           f"{mesh.devices.size} device(s), {slots // mesh.devices.size} per device",
           file=sys.stderr)
-    for i, m in enumerate(members):
-        compile_eval_ahead(m.render, scene_state(stacked, i), m.cfg)
     t0 = time.perf_counter()
     try:
         while True:
@@ -249,6 +247,8 @@ def _train_together(members, states, per_device, stop):
             if t0 is not None:
                 first_step_done(t0, stacked.step, [m.timer for m in members])
                 t0 = None
+                for i, m in enumerate(members):
+                    compile_eval_ahead(m.render, scene_state(stacked, i), m.cfg)
             metrics = unstack(metrics)
             for i in (i for i, a in enumerate(active) if a):
                 status[i] = progress[i].after_step(steps[i], metrics[i],

@@ -26,6 +26,7 @@ FLAG_SETS = {
     "no_triton_gemm": "--xla_gpu_enable_triton_gemm=false",
     "autotune_0": "--xla_gpu_autotune_level=0",
     "autotune_1": "--xla_gpu_autotune_level=1",
+    "llvm_parallel": "--xla_gpu_enable_llvm_module_compilation_parallelism=true",
 }
 
 
@@ -117,9 +118,14 @@ def main():
                str(args.at_step), "--iters", str(args.iters)] + \
             (["--small"] if args.small else []) + (["--stand_in"] if args.stand_in else []) + \
             args.overrides
-        out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=True).stdout
-        results[name] = json.loads(out.strip().splitlines()[-1])
+        done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
+        if done.returncode:
+            print(f"{name}: the run failed (exit status {done.returncode})", file=sys.stderr)
+            continue
+        results[name] = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"{name}: {results[name]}", file=sys.stderr, flush=True)
+    if not results:
+        sys.exit("every flag set failed")
 
     first = next(iter(results.values()))
     scene = "demo, tiny UNet" if args.small else \

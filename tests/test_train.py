@@ -103,9 +103,9 @@ def test_run_writes_every_output(run_dir):
     assert len(human.faces) > 0 and np.all(np.abs(human.vertices) <= 2.0 + 1e-4)
     assert json.load(open(os.path.join(run_dir, "metrics.json")))["step"] == 3
     assert not any(".tmp" in f for _, _, fs in os.walk(run_dir) for f in fs)
-    # One size (validation and test are 32x32), compiled ahead from the initial state, served
-    # the renders of the trained states: no second compilation.
-    assert RENDER_COMPILES == ["compile evaluation render 32"]
+    # One size (validation and test are 32x32), compiled ahead after the first step, served the
+    # renders of the later states: no second compilation.
+    assert RENDER_COMPILES == ["compile evaluation renders"]
 
 
 def test_existing_run_folder_is_refused(run_dir, capsys):
