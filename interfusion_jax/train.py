@@ -118,8 +118,8 @@ def background_compiles_pay():
 def compile_eval_ahead(render, state, cfg):
     """Start the evaluation renderer's compilations for the validation sheets and the test
     views (EvalRenderer.compile_ahead) where background_compiles_pay. Called once the training
-    step is compiled: compilations side by side take each other's cores (an H100 host's first
-    step went from 85 to 109 s), while the training steps leave the host's cores idle."""
+    step is compiled: XLA's compilations side by side would share the host's cores, which the
+    training steps, waiting on the device, leave idle."""
     if background_compiles_pay():
         render.compile_ahead(state, cfg, (validation_size(cfg), cfg.test.resolution))
 

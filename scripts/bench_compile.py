@@ -26,7 +26,6 @@ FLAG_SETS = {
     "no_triton_gemm": "--xla_gpu_enable_triton_gemm=false",
     "autotune_0": "--xla_gpu_autotune_level=0",
     "autotune_1": "--xla_gpu_autotune_level=1",
-    "llvm_parallel": "--xla_gpu_enable_llvm_module_compilation_parallelism=true",
 }
 
 
