@@ -24,7 +24,7 @@ DEMO = os.path.join(ROOT, "configs", "demo.py")
 # up to 1e-3, where the largest are about 100: sums of large terms that cancel) takes a whole
 # +-lr step, so two runs equal to float rounding would differ by up to lr there.
 SETS = [o for o in TINY if not o.startswith("train.max_steps")] + [
-    "train.val_every=100", "guidance.kind=if", "optim.eps=1", "test.views=1", "test.resolution=16",
+    "train.val_every=100", "guidance.kind=if", "optim.eps=1", "test.views=1", "test.resolution=32",
     "test.mesh_resolution=16", "test.metrics_grid=16"]
 SCENE_A = """from configs import demo
 
@@ -49,16 +49,19 @@ def get_config():
     c.loss.shape_weights = (0.002, 0.02, 0.2)
     return c
 """
-# One process with two host devices: train_many of both scenes, then each scene's single run,
-# which skips the test and export that the comparison does not read.
+# One process with two host devices: train_many of both scenes (their evaluation renderers
+# compiled ahead while training, as on a GPU), then each scene's single run, which skips the
+# test and export that the comparison does not read.
 SCRIPT = """
 import sys
 import jax
 from interfusion_jax import train, train_many
 out, a, b, *sets = sys.argv[1:]
 jax.config.update("jax_log_compiles", True)
+train.background_compiles_pay = lambda: True
 train_many.main([a, b, "--scenes_per_device", "1", "--set", f"output_dir={out}/many", *sets])
 train.finish = lambda *args: None
+train.background_compiles_pay = lambda: False
 for config in (a, b):
     train.main(["--config", config, f"--config.output_dir={out}/single",
                 *[f"--config.{s}" for s in sets]])
@@ -88,6 +91,10 @@ def test_two_scenes_on_two_devices_end_as_their_single_runs(tmp_path):
     assert "2 scenes on 2 device(s), 1 per device" in done.stderr
     # One compilation for all steps, though scene b stops a step earlier and a's centre moves.
     assert done.stderr.count("Finished XLA compilation of jit(many_step)") == 1
+    # Each scene's renderer compiled once, ahead (validation and test images are 32x32), from
+    # its slice of the scenes' state after the first step: the test and metrics renders of the
+    # final slices found it compiled.
+    assert done.stderr.count("Finished XLA compilation of jit(render)") == 2
     for name, steps in (("a", 3), ("b", 2)):
         many, single = (str(tmp_path / kind / name) for kind in ("many", "single"))
         for output in ("config.py", "metrics.json", "mesh/scene.glb", "test/interaction.mp4",
