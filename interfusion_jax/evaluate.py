@@ -123,7 +123,7 @@ class EvalRenderer:
         params, grids, center, step = jax.jit(
             lambda s: jax.tree.map(jnp.zeros_like, s),
             out_shardings=jax.tree.map(lambda a: a.sharding, used))(used)
-        cams = _eval_circle(cfg, 1)
+        cams = eval_circle(cfg, 1)
         sizes = [size for size in dict.fromkeys(sizes) if size not in self._compiled]
         compiled = {size: threading.Event() for size in sizes}
         self._compiled.update(compiled)
@@ -154,7 +154,8 @@ def _uint8(scaled):
     return np.asarray(scaled.astype(jnp.uint8))
 
 
-def _eval_circle(cfg, n_views):
+def eval_circle(cfg, n_views):
+    """The config's evaluation circle of n_views cameras (nerf.cameras.Camera)."""
     return circle_cameras(n_views, elevation=cfg.camera.eval_elevation,
                           distance=cfg.camera.eval_distance, fovy=cfg.camera.eval_fovy)
 
@@ -163,7 +164,7 @@ def circle_frames(render, state, cfg, n_views, size, desc):
     """Per camera of the evaluation circle, its uint8 images: rgb, normal [3,S,S,3] and opacity
     [3,S,S,3] (grey) of the object, human and interaction views, S = size; `render` from
     make_eval_renderer."""
-    cams = _eval_circle(cfg, n_views)
+    cams = eval_circle(cfg, n_views)
 
     def dispatch(i):  # returns at once: the device renders while the host handles the last one
         out = render(state.params, state.grids, state.center, cams.c2w[i], cams.fovy[i],

@@ -45,11 +45,11 @@ import scipy.spatial
 from tqdm import tqdm
 
 from ifcommon import command_line, save_text
-from interfusion_jax.evaluate import render_circle
+from interfusion_jax.evaluate import eval_circle, render_circle
 from interfusion_jax.run_dir import load_run
 from interfusion_jax.scene import EVAL_VIEWS, VIEW_TABLE, scene_views
 from nerf import material
-from nerf.cameras import circle_cameras, generate_rays
+from nerf.cameras import generate_rays
 from nerf.mesh import extract_mesh
 from body import BodyPrior
 from pose import load_clip
@@ -287,8 +287,7 @@ def reference_psnr(run, scene, frames):
     from the same cameras, with the same shading."""
     cfg, state = run.cfg, run.state
     n, size = frames.shape[0], frames.shape[2]
-    cams = circle_cameras(n, elevation=cfg.camera.eval_elevation,
-                          distance=cfg.camera.eval_distance, fovy=cfg.camera.eval_fovy)
+    cams = eval_circle(cfg, n)
     refs = np.zeros(frames.shape, np.float32)
     for i in tqdm(range(n), desc="metrics: reference views", leave=False):
         c2ws, lights = scene_views(cams.c2w[i], cams.light_position[i], state.center,

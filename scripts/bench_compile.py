@@ -13,7 +13,6 @@ such). Prints one table, a row per flag set.
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ def child(args):
     from interfusion_jax.train import build
     from interfusion_jax.train_step import bind_step, step_arrays
     from scripts.bench_guidance import STAND_IN
+    from scripts.bench_train_many import time_steps
     from scripts.bench_train_step import stand_in_guidance
 
     scene = "demo" if args.small else "sitting_on_a_chair" if args.stand_in else "reference_chair"
@@ -67,20 +67,8 @@ def child(args):
     t0 = time.perf_counter()
     compiled = lowered.compile()
     out["compile"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    state = compiled(state, arrays)[0]
-    jax.block_until_ready(state)
-    out["first run"] = time.perf_counter() - t0
-    for _ in range(3):
-        state = compiled(state, arrays)[0]
-    jax.block_until_ready(state)
-    times = []
-    for _ in range(args.iters):
-        t0 = time.perf_counter()
-        state = compiled(state, arrays)[0]
-        jax.block_until_ready(state)
-        times.append(1e3 * (time.perf_counter() - t0))
-    out["step_ms"] = statistics.median(times)
+    out["first run"], out["step_ms"] = time_steps(lambda st: compiled(st, arrays)[0], state,
+                                                  args.iters)
     out["device"] = jax.devices()[0].device_kind
     print(json.dumps(out), flush=True)
 

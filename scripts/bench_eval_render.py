@@ -23,10 +23,9 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from interfusion_jax.config import load_config  # noqa: E402
-from interfusion_jax.evaluate import make_eval_renderer  # noqa: E402
+from interfusion_jax.evaluate import eval_circle, make_eval_renderer, validation_size  # noqa: E402
 from interfusion_jax.train import build, center_due, make_center_fn  # noqa: E402
 from interfusion_jax.train_step import make_train_step  # noqa: E402
-from nerf.cameras import circle_cameras  # noqa: E402
 from scripts.bench_train_step import kernel_table  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,9 +84,8 @@ def main():
     model, state = trained_state(cfg, args.steps)
     print(f"[bench_eval_render] {cfg.name}: {args.steps} steps trained in "
           f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    cams = circle_cameras(cfg.test.views, elevation=cfg.camera.eval_elevation,
-                          distance=cfg.camera.eval_distance, fovy=cfg.camera.eval_fovy)
-    size, val_size = cfg.test.resolution, 2 * cfg.render.width
+    cams = eval_circle(cfg, cfg.test.views)
+    size, val_size = cfg.test.resolution, validation_size(cfg)
 
     print(f"device: {jax.devices()[0].device_kind}; {cfg.name} after {args.steps} steps; "
           f"{size}^2 test images, {val_size}^2 validation images, 3 views per camera")

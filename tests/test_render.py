@@ -321,6 +321,13 @@ def test_cut_rays_are_measured_and_the_complete_render_cuts_none():
                                atol=1e-4)
 
 
+def _searching(monkeypatch, fn):
+    """fn() with the sampler searching its tables whatever their size."""
+    with monkeypatch.context() as m:
+        m.setattr(sampler, "DENSE_TABLE", 0)
+        return fn()
+
+
 def test_searched_and_dense_tables_give_the_same_samples(monkeypatch):
     """The sampler reads its [rays, steps] tables whole when they are small and searches them per
     ray when they are large (evaluation chunks); both keep the same samples and cuts."""
@@ -340,9 +347,7 @@ def test_searched_and_dense_tables_give_the_same_samples(monkeypatch):
             return sample_rays(jax.random.PRNGKey(3), o, d, updated, blob_density, march, s, t)
 
         dense = jax.jit(sample)(o, d)
-        monkeypatch.setattr(sampler, "DENSE_TABLE", 0)
-        searched = jax.jit(sample)(o, d)
-        monkeypatch.undo()
+        searched = _searching(monkeypatch, lambda: jax.jit(sample)(o, d))
         assert int(dense.dropped) > 0 or march is RELEASE
         for name in ("ray_index", "step_index", "valid", "resume_step", "truncated",
                      "open_truncated", "num_candidates", "num_kept", "dropped", "rounds"):
@@ -350,13 +355,12 @@ def test_searched_and_dense_tables_give_the_same_samples(monkeypatch):
                                           np.asarray(getattr(dense, name)), err_msg=name)
         np.testing.assert_allclose(np.asarray(searched.t_mid), np.asarray(dense.t_mid), atol=1e-6)
         alpha = jnp.where(dense.valid, 0.3 + 0.2 * jnp.sin(dense.t_mid), 0.0)
-        both = [sampler.transmittance(alpha, dense.ray_index, dense.step_index, n,
-                                      RELEASE.steps_per_ray)]
-        monkeypatch.setattr(sampler, "DENSE_TABLE", 0)
-        both.append(sampler.transmittance(alpha, dense.ray_index, dense.step_index, n,
-                                          RELEASE.steps_per_ray))
-        monkeypatch.undo()
-        np.testing.assert_allclose(np.asarray(both[1]), np.asarray(both[0]), rtol=1e-5)
+        def trans():
+            return sampler.transmittance(alpha, dense.ray_index, dense.step_index, n,
+                                         RELEASE.steps_per_ray)
+
+        np.testing.assert_allclose(np.asarray(_searching(monkeypatch, trans)),
+                                   np.asarray(trans()), rtol=1e-5)
 
 
 def test_a_fresh_grid_keeps_the_configured_alpha_threshold():
