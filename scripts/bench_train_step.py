@@ -62,16 +62,25 @@ def print_table(heading, rows):
         print(f"| {name.ljust(width)} | {value} |")
 
 
-def kernel_table(trace_dir, steps, top=25):
-    """Device time per step by kernel name, from the perfetto trace jax.profiler wrote."""
+def trace_events(trace_dir):
+    """The events of the perfetto trace jax.profiler wrote under trace_dir, and its path."""
     path = next(os.path.join(d, f) for d, _, fs in os.walk(trace_dir) for f in fs
                 if f == "perfetto_trace.json.gz")
     with gzip.open(path) as f:
         trace = json.load(f)
-    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    return (trace["traceEvents"] if isinstance(trace, dict) else trace), path
+
+
+def _process_ids(events, marker):
+    return {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
+            and marker in str(e.get("args", {}).get("name", ""))}
+
+
+def kernel_table(trace_dir, steps, top=25):
+    """Device time per step by kernel name, from the perfetto trace jax.profiler wrote."""
+    events, path = trace_events(trace_dir)
     # Device streams are the threads whose process is named after the GPU.
-    gpu_pids = {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
-                and "/device:GPU" in str(e.get("args", {}).get("name", ""))}
+    gpu_pids = _process_ids(events, "/device:GPU")
     if not gpu_pids:
         names = {str(e.get("args", {}).get("name")) for e in events if e.get("name") == "process_name"}
         return f"no GPU streams in {path}; processes: {sorted(names)}"
@@ -82,6 +91,33 @@ def kernel_table(trace_dir, steps, top=25):
     lines = [f"device time per step: {sum(totals.values()):.1f} ms in {len(totals)} kernels",
              "| ms/step | kernel |", "|---|---|"]
     lines += [f"| {ms:.2f} | {name} |" for name, ms in totals.most_common(top)]
+    return "\n".join(lines)
+
+
+def host_table(trace_dir, top=30):
+    """Host time by event name (self time: nested events subtracted), over every host thread of
+    the perfetto trace: where a compilation's seconds go, by XLA pass and phase."""
+    events, _ = trace_events(trace_dir)
+    host_pids = _process_ids(events, "/host:")
+    spans = collections.defaultdict(list)
+    for e in events:
+        if e.get("ph") == "X" and e.get("pid") in host_pids:
+            spans[(e["pid"], e.get("tid"))].append((e["ts"], e.get("dur", 0), e["name"][:90]))
+    self_time, calls = collections.Counter(), collections.Counter()
+    for thread in spans.values():
+        thread.sort(key=lambda s: (s[0], -s[1]))
+        stack = []  # (end, name) of the open events enclosing the current one
+        for ts, dur, name in thread:
+            while stack and stack[-1][0] <= ts:
+                stack.pop()
+            if stack:
+                self_time[stack[-1][1]] -= dur
+            self_time[name] += dur
+            calls[name] += 1
+            stack.append((ts + dur, name))
+    lines = ["| self s | calls | host event |", "|---|---|---|"]
+    lines += [f"| {us / 1e6:.2f} | {calls[name]} | {name} |"
+              for name, us in self_time.most_common(top)]
     return "\n".join(lines)
 
 
