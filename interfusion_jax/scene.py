@@ -79,17 +79,44 @@ def stacked_shadings(draws):
     return stack("object"), stack("human")
 
 
-def render_view(view, key, origins, directions, grids, fns, march):
-    """One training render of `view` (a View) along rays [N,3]: its grid, its field (fns: field
-    name -> nerf FieldFns) or, with two fields, the composite of both."""
-    grid = grids[view.grid]
-    if len(view.fields) == 1:
-        return render_field(key, origins, directions, grid, fns[view.fields[0]], march)
-    return render_composite(key, origins, directions, grid, *(fns[f] for f in view.fields), march)
+def render_training_views(keys, rays, grids, params, shadings, field_fns, march):
+    """The training renders of the four views, in VIEW_TABLE order: each view's field and grid,
+    or for two fields the composite of both.
+
+    keys [4,2]: one PRNG key per view; rays: per view (origins, directions) [N,3]; grids: GRIDS
+    name -> OccupancyGrid; params: field name -> its params; shadings: {(view index, field):
+    Shading}; field_fns(params, shading) -> nerf FieldFns.
+    The views of one field run as one lax.scan over them, so that the compiled step holds one
+    copy of the render's code instead of three: the renders are most of its compile time.
+    """
+    singles = [v for v, view in enumerate(VIEW_TABLE) if len(view.fields) == 1]
+
+    def single(v):
+        view = VIEW_TABLE[v]
+        return (keys[v], rays[v], params[view.fields[0]], grids[view.grid],
+                shadings[(v, view.fields[0])])
+
+    def render_one(_, xs):
+        key, (origins, directions), field_params, grid, shading = xs
+        return None, render_field(key, origins, directions, grid,
+                                  field_fns(field_params, shading), march)
+
+    _, stacked = jax.lax.scan(render_one, None,
+                              jax.tree_util.tree_map(lambda *a: jnp.stack(a),
+                                                     *map(single, singles)))
+    renders = {v: jax.tree_util.tree_map(lambda a, i=i: a[i], stacked)
+               for i, v in enumerate(singles)}
+    for v, view in enumerate(VIEW_TABLE):
+        if v not in renders:
+            renders[v] = render_composite(keys[v], *rays[v], grids[view.grid],
+                                          *(field_fns(params[f], shadings[(v, f)])
+                                            for f in view.fields), march)
+    return [renders[v] for v in range(len(VIEW_TABLE))]
 
 
 def render_view_complete(view, origins, directions, grids, fns, march):
-    """The evaluation render of `view`, no ray cut short (see render_view)."""
+    """The evaluation render of `view` (a View) along rays [N,3], no ray cut short: its grid,
+    its field (fns: field name -> nerf FieldFns) or, with two fields, the composite of both."""
     grid = grids[view.grid]
     if len(view.fields) == 1:
         return render_field_complete(origins, directions, grid, fns[view.fields[0]], march)

@@ -15,7 +15,7 @@ import optax
 
 from interfusion_jax import losses
 from interfusion_jax.scene import (FIELDS, GRIDS, SHADING_DRAWS, VIEW_TABLE, VIEWS, Views,
-                                   render_view, scene_views, stacked_shadings)
+                                   render_training_views, scene_views, stacked_shadings)
 from nerf.background import Background
 from nerf.cameras import generate_rays, random_camera
 from nerf.field import field_from_config, make_density_fn, make_radiance_fn
@@ -211,12 +211,9 @@ def draw_shadings(key, step, lights, settings):
 
 def render_views(key, cam, c2ws, params, state, model, shadings, settings):
     """The four training renders (VIEWS order), each of its view's field(s) and grid."""
-    renders = []
-    for v, (view, k) in enumerate(zip(VIEW_TABLE, jax.random.split(key, len(VIEW_TABLE)))):
-        fns = {f: model.field_fns(params[f], shadings[(v, f)]) for f in view.fields}
-        rays = generate_rays(c2ws[v], cam.fovy, settings.height, settings.width)
-        renders.append(render_view(view, k, *rays, state.grids, fns, model.march))
-    return renders
+    rays = [generate_rays(c2w, cam.fovy, settings.height, settings.width) for c2w in c2ws]
+    return render_training_views(jax.random.split(key, len(VIEW_TABLE)), rays, state.grids,
+                                 params, shadings, model.field_fns, model.march)
 
 
 def _field_regularisers(render, lambda_orient, settings):

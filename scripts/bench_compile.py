@@ -30,6 +30,11 @@ FLAG_SETS = {
     "no_triton_gemm": "--xla_gpu_enable_triton_gemm=false",
     "autotune_0": "--xla_gpu_autotune_level=0",
     "autotune_1": "--xla_gpu_autotune_level=1",
+    # Loops and conditionals inside CUDA graphs (conditional nodes): no host round trip per
+    # iteration of the sampler's data-dependent loops.
+    "graph_loops": "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,"
+                   "WHILE,CONDITIONAL",
+    "no_graphs": "--xla_gpu_enable_command_buffer=",
 }
 
 

@@ -13,6 +13,7 @@ import collections
 import gzip
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -62,6 +63,16 @@ def print_table(heading, rows):
         print(f"| {name.ljust(width)} | {value} |")
 
 
+# Kernel kinds by name, first match wins: cuDNN convolutions, fused attention, matrix products,
+# layout changes, memory-bound indexing, copies.
+KERNEL_KINDS = (("convolution", r"fprop|dgrad|wgrad|convolution"),
+                ("attention", r"sdpa|flash|fmha"),
+                ("matrix product", r"gemm|nvjet|cublas|cutlass|xmma"),
+                ("transpose", r"transpose"),
+                ("scatter / gather / sort", r"scatter|gather|sort"),
+                ("copy / memset", r"memcpy|memset"))
+
+
 def trace_events(trace_dir):
     """The events of the perfetto trace jax.profiler wrote under trace_dir, and its path."""
     path = next(os.path.join(d, f) for d, _, fs in os.walk(trace_dir) for f in fs
@@ -88,8 +99,14 @@ def kernel_table(trace_dir, steps, top=25):
     for e in events:
         if e.get("ph") == "X" and e.get("pid") in gpu_pids:
             totals[e["name"][:90]] += e.get("dur", 0) / 1e3 / steps
+    kinds = collections.Counter()
+    for name, ms in totals.items():
+        kinds[next((kind for kind, pattern in KERNEL_KINDS if re.search(pattern, name, re.I)),
+                   "other fusions")] += ms
     lines = [f"device time per step: {sum(totals.values()):.1f} ms in {len(totals)} kernels",
-             "| ms/step | kernel |", "|---|---|"]
+             "| ms/step | kind of kernel |", "|---|---|"]
+    lines += [f"| {ms:.2f} | {kind} |" for kind, ms in kinds.most_common()]
+    lines += ["", "| ms/step | kernel |", "|---|---|"]
     lines += [f"| {ms:.2f} | {name} |" for name, ms in totals.most_common(top)]
     return "\n".join(lines)
 

@@ -59,11 +59,13 @@ def test_step_wiring_each_view_renders_its_fields_grid_shading_and_prompt(monkey
     from interfusion_jax.guidance_setup import prompt_texts
     from nerf.cameras import random_camera
 
-    calls = []
-    monkeypatch.setattr(scene, "render_field", lambda key, o, d, grid, field, march: calls.append(
-        ("field", grid, field)) or {})
-    monkeypatch.setattr(scene, "render_composite", lambda key, o, d, grid, obj, hum, march:
-                        calls.append(("composite", grid, obj, hum)) or {})
+    # Each fake render returns what it was given, so each view's result shows its inputs (the
+    # views of one field run inside one lax.scan, where nothing is concrete).
+    monkeypatch.setattr(scene, "render_field", lambda key, o, d, grid, field, march: dict(
+        composite=jnp.zeros((), bool), grid=grid, params=field[0], shading=field[1]))
+    monkeypatch.setattr(scene, "render_composite", lambda key, o, d, grid, obj, hum, march: dict(
+        composite=jnp.ones((), bool), grid=grid, params=jnp.stack([obj[0], hum[0]]),
+        shading=jnp.stack([obj[1], hum[1]])))
 
     class FakeModel:
         march = None
@@ -76,18 +78,19 @@ def test_step_wiring_each_view_renders_its_fields_grid_shading_and_prompt(monkey
     settings = train_step.StepSettings.from_config(cfg)._replace(height=2, width=2)
     cam = random_camera(jax.random.PRNGKey(0), **settings.camera)
     c2ws = jnp.broadcast_to(cam.c2w, (4, 4, 4))
-    shadings = {pair: f"shading{pair}" for pair in scene.SHADING_DRAWS}
-    state = type("S", (), {"grids": {g: f"grid:{g}" for g in scene.GRIDS}})
-    params = {"object": "params:object", "human": "params:human"}
-    train_step.render_views(jax.random.PRNGKey(1), cam, c2ws, params, state, FakeModel, shadings,
-                            settings)
-    assert calls == [
-        ("field", "grid:object", ("params:object", "shading(0, 'object')")),
-        ("field", "grid:human", ("params:human", "shading(1, 'human')")),
-        ("composite", "grid:interaction", ("params:object", "shading(2, 'object')"),
-         ("params:human", "shading(2, 'human')")),
-        ("field", "grid:human", ("params:human", "shading(3, 'human')")),
-    ]
+    field_code = {"object": 1.0, "human": 2.0}
+    shadings = {(v, f): jnp.float32(100 * v + field_code[f]) for v, f in scene.SHADING_DRAWS}
+    state = type("S", (), {"grids": {g: jnp.float32(i + 1) for i, g in enumerate(scene.GRIDS)}})
+    params = {f: jnp.float32(10 * c) for f, c in field_code.items()}
+    renders = train_step.render_views(jax.random.PRNGKey(1), cam, c2ws, params, state, FakeModel,
+                                      shadings, settings)
+    got = [(bool(r["composite"]), float(r["grid"]), np.asarray(r["params"]).tolist(),
+            np.asarray(r["shading"]).tolist()) for r in renders]
+    # grids: object 1, human 2, interaction 3; params: object 10, human 20; shading 100 v + field.
+    assert got == [(False, 1.0, 10.0, 1.0),
+                   (False, 2.0, 20.0, 102.0),
+                   (True, 3.0, [10.0, 20.0], [201.0, 202.0]),
+                   (False, 2.0, 20.0, 302.0)]
     # Five material draws, one per (view, field) shown, each its own.
     assert sorted(scene.SHADING_DRAWS) == [(0, "object"), (1, "human"), (2, "human"),
                                            (2, "object"), (3, "human")]
