@@ -3,11 +3,16 @@
 Runs interfusion_jax.train.train on `sitting_on_a_chair` at the release's sizes with a stand-in
 IF UNet (IF-I-XL's layout, 4.43 B random weights, labelled as such; random prompt embeddings) in
 a child process, twice: the full run, then a second run of the same config that stops after its
-first step (the start-up a user sees the second time, with JAX's compilation cache warm). Prints
-one table: the phases of RUN_DIR/timings.json, the step time after the ambient-only phase (from
-metrics.jsonl), peak GPU memory (with preallocation off) and the wall time of both runs.
+first step (the start-up a user sees the second time, with JAX's compilation cache warm). A scene
+with reference guidance (--scene reference_chair) keeps it: no UNet, and a scene the evaluation
+phases see as a real run's, where the stand-in's random guidance fills the box with fog.
+--startup_only makes the first run stop after its first step too: it only warms the cache.
+Prints one table: the phases of RUN_DIR/timings.json, the step time after the ambient-only phase
+(from metrics.jsonl), peak GPU memory (with preallocation off) and the wall time of both runs.
 
     GPU:        XLA_PYTHON_CLIENT_PREALLOCATE=false python scripts/bench_full_run.py
+                python scripts/bench_full_run.py --scene reference_chair
+                python scripts/bench_full_run.py --startup_only
     CPU check:  python scripts/bench_full_run.py --small
 """
 import argparse
@@ -44,7 +49,7 @@ def child(args):
         overrides += ["train.max_steps=1", "test.views=1", "test.resolution=32",
                       "test.mesh_resolution=32", "test.metrics_views=1", "test.metrics_grid=32"]
     cfg = load_config(os.path.join(ROOT, "configs", f"{scene}.py"), overrides)
-    unet_ready = {}
+    unet_ready = dict(seconds=0.0, params=0)
 
     def stand_in(cfg, guide, body_colors=None, unet=None):
         t0 = time.perf_counter()
@@ -54,7 +59,8 @@ def child(args):
         unet_ready.update(seconds=time.perf_counter() - t0, params=n)
         return guidance
 
-    train_module.setup_guidance = stand_in
+    if cfg.guidance.kind != "reference":
+        train_module.setup_guidance = stand_in
     video_writer = _opencv_writer_if_no_ffmpeg()
     startup = time.time() - args.t0  # interpreter start and imports, until train() begins
     status = train_module.train(cfg, overwrite=True)
@@ -98,10 +104,10 @@ def _opencv_writer_if_no_ffmpeg():
     return "OpenCV mp4v (no ffmpeg in this environment)"
 
 
-def run_child(args, first_step_only):
+def run_child(args, name, first_step_only):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--t0", repr(time.time()),
            "--out", args.out,
-           "--name", args.name, "--scene", args.scene] + (["--small"] if args.small else []) + \
+           "--name", name, "--scene", args.scene] + (["--small"] if args.small else []) + \
         (["--first_step_only"] if first_step_only else []) + args.overrides
     t0 = time.perf_counter()
     out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout
@@ -123,6 +129,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--small", action="store_true", help="demo sizes, tiny UNet, 40 steps (CPU)")
+    ap.add_argument("--startup_only", action="store_true",
+                    help="the first run stops after its first step too (warms the cache)")
     ap.add_argument("--scene", default="sitting_on_a_chair")
     ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "bench_full_run"))
     ap.add_argument("--name", default="bench")
@@ -134,29 +142,32 @@ def main():
     if args.child:
         return child(args)
 
-    wall, res = run_child(args, first_step_only=False)
+    wall, res = run_child(args, args.name, first_step_only=args.startup_only)
     times = json.load(open(os.path.join(res["run_dir"], "timings.json")))
     # The first run's phases now, in case the second run does not finish.
     print(f"first run: {wall:.1f} s; {json.dumps(times['seconds'])}", file=sys.stderr, flush=True)
-    _, res2 = run_child(args, first_step_only=True)
+    _, res2 = run_child(args, args.name + "_second", first_step_only=True)
     seconds, counts = times["seconds"], times["counts"]
     cfg_steps = counts.get("steps", 0) + 1
     second = json.load(open(os.path.join(res2["run_dir"], "timings.json")))["seconds"]
     build2 = sum(s for phase, s in second.items() if phase.startswith("build"))
     rows = [("device", res["device"]),
             ("video writer", res["video_writer"]),
-            ("UNet", f"stand-in of IF-I-XL's layout, {res['unet']['params'] / 1e9:.2f} B params, "
-                     "random weights" if not args.small else "tiny demo UNet"),
+            ("UNet", "tiny demo UNet" if args.small else
+             f"stand-in of IF-I-XL's layout, {res['unet']['params'] / 1e9:.2f} B params, "
+             "random weights" if res["unet"]["params"] else "none (reference guidance)"),
             ("steps", str(cfg_steps)),
-            ("whole run, command to last file [s]", f"{wall:.1f}")]
+            ("whole run, command to last file [s]" if not args.startup_only else
+             "first run (cold cache, stops after step 1), command to last file [s]", f"{wall:.1f}")]
     rows += [(f"{phase} [s]", f"{s:.1f}" + (f" ({counts[phase]}x)" if counts[phase] > 1 and
                                             phase not in ("steps",) else ""))
              for phase, s in seconds.items()]
-    rows += [("of the build: stand-in UNet init [s]", f"{res['unet']['seconds']:.1f}"),
-             ("step, mean over the run [ms]",
-              f"{1e3 * seconds['steps'] / max(counts['steps'], 1):.1f}"),
-             ("step after step 2001, median [ms]", f"{step_ms_after(res['run_dir'], 2001):.1f}"),
-             ("peak device memory [GB]",
+    rows += [("of the build: stand-in UNet init [s]", f"{res['unet']['seconds']:.1f}")]
+    if counts.get("steps"):
+        rows += [("step, mean over the run [ms]", f"{1e3 * seconds['steps'] / counts['steps']:.1f}"),
+                 ("step after step 2001, median [ms]",
+                  f"{step_ms_after(res['run_dir'], 2001):.1f}")]
+    rows += [("peak device memory [GB]",
               f"{res['peak_bytes'] / 1e9:.2f}" if res["peak_bytes"] else "n/a"),
              ("second run: command to end of first step [s]",
               f"{res2['startup'] + build2 + second['first step']:.1f}"),
