@@ -5,9 +5,10 @@ The maths follows diffusers 0.39.0's PyTorch `UNet2DConditionModel` for the bloc
 SimpleCrossAttnUpBlock2D, ResnetUpsampleBlock2D). diffusers' own Flax blocks cannot be reused: they
 have no scale-shift time conditioning, no added-KV attention and no resnet up/down sampling.
 
-Layout is NHWC. Submodule names mirror the diffusers state-dict keys (`down_blocks.0.resnets.1` is
-`down_blocks_0/resnets_1`), so `unet_weights.py` converts keys mechanically. Group/layer-norm
-statistics and attention softmax run in float32 whatever the parameter dtype.
+Layout is NHWC; convolution kernels are stored [out, kh, kw, in] (`Conv`). Submodule names mirror
+the diffusers state-dict keys (`down_blocks.0.resnets.1` is `down_blocks_0/resnets_1`), so
+`unet_weights.py` converts keys mechanically. Group/layer-norm statistics and attention softmax run
+in float32 whatever the parameter dtype.
 """
 
 import dataclasses
@@ -28,6 +29,34 @@ _ACTIVATIONS = {
 _DOWN_BLOCKS = ("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D")
 _UP_BLOCKS = ("ResnetUpsampleBlock2D", "SimpleCrossAttnUpBlock2D")
 _MID_BLOCKS = ("UNetMidBlock2DSimpleCrossAttn",)
+
+
+def kernel_fan_in(shape):
+    """The fan-in of an IFUNet kernel of `shape`: convolutions [out, kh, kw, in], dense [in, out]."""
+    return math.prod(shape[1:]) if len(shape) == 4 else math.prod(shape[:-1])
+
+
+class Conv(nn.Module):
+    """Same-padded, stride-1 convolution of NHWC inputs with its kernel stored [out, kh, kw, in]
+    (OHWI). That is the layout XLA's GPU layout assignment gives the filter of cuDNN's NHWC
+    convolutions: a kernel stored as Flax's nn.Conv keeps it (HWIO) is transposed on every call
+    of a jitted function that takes the weights as arguments, which for IF-I-XL means its 3.15 B
+    convolution weights at every UNet call."""
+    features: int
+    kernel_size: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        """x [B,H,W,C] -> [B,H,W,features]."""
+        k = self.kernel_size
+        kernel = self.param("kernel", nn.initializers.lecun_normal(in_axis=-1, out_axis=0),
+                            (self.features, k, k, x.shape[-1]))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = jax.lax.conv_general_dilated(x, kernel, (1, 1), [(k // 2, k // 2)] * 2,
+                                         dimension_numbers=("NHWC", "OHWI", "NHWC"))
+        return y + bias
 
 # Keys of diffusers' UNet2DConditionModel config. Value None: any value is accepted because the key has
 # no effect on the blocks IF uses (diffusers ignores it there too). Otherwise a predicate the value
@@ -333,7 +362,7 @@ class ResnetBlock(nn.Module):
         cfg = self.cfg
         act = _ACTIVATIONS[cfg.act_fn]
         norm = lambda name: GroupNorm(cfg.norm_num_groups, cfg.norm_eps, dtype=self.dtype, name=name)
-        conv = lambda k, name: nn.Conv(self.features, (k, k), padding=k // 2, dtype=self.dtype, name=name)
+        conv = lambda k, name: Conv(self.features, k, dtype=self.dtype, name=name)
         h = act(norm("norm1")(x))
         h = _resample(h, self.up, self.down)
         x = _resample(x, self.up, self.down)
@@ -497,7 +526,7 @@ class IFUNet(nn.Module):
         block = lambda kind, i, layers, head_dim, only_cross, resample, name: UNetBlock(
             kind, chans[i], layers, head_dim, only_cross, resample, cfg, self.attention_impl, dt, name=name)
         k = cfg.conv_in_kernel
-        x = nn.Conv(chans[0], (k, k), padding=k // 2, dtype=dt, name="conv_in")(sample.astype(dt))
+        x = Conv(chans[0], k, dtype=dt, name="conv_in")(sample.astype(dt))
         skips = [x]
         for i, kind in enumerate(cfg.down_block_types):
             x, produced = block(kind, i, cfg.layers_per_block[i], cfg.attention_head_dim[i],
@@ -517,4 +546,4 @@ class IFUNet(nn.Module):
         x = _ACTIVATIONS[cfg.act_fn](GroupNorm(cfg.norm_num_groups, cfg.norm_eps, dtype=dt,
                                                name="conv_norm_out")(x))
         k = cfg.conv_out_kernel
-        return nn.Conv(cfg.out_channels, (k, k), padding=k // 2, dtype=dt, name="conv_out")(x)
+        return Conv(cfg.out_channels, k, dtype=dt, name="conv_out")(x)

@@ -1,7 +1,7 @@
 """Load a diffusers-layout IF UNet (`unet/config.json` + safetensors) into Flax parameters, no torch.
 
 PyTorch keys map mechanically onto the Flax tree of `if_unet.IFUNet`: `down_blocks.0.resnets.1.conv1.weight`
--> `down_blocks_0/resnets_1/conv1/kernel`. Conv weights OIHW -> HWIO, linear [out, in] -> [in, out], norm
+-> `down_blocks_0/resnets_1/conv1/kernel`. Conv weights OIHW -> OHWI (if_unet.Conv), linear [out, in] -> [in, out], norm
 weights -> `scale`. Every tensor must be used and every parameter filled; otherwise the error lists the keys.
 """
 
@@ -55,7 +55,7 @@ def _to_flax_layout(array: np.ndarray, path: tuple) -> np.ndarray:
     if path[-1] != "kernel":
         return array
     if array.ndim == 4:
-        return array.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+        return array.transpose(0, 2, 3, 1)  # OIHW -> OHWI
     return array.T  # [out, in] -> [in, out]
 
 

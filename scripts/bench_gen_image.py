@@ -31,7 +31,7 @@ from jax.sharding import PartitionSpec as P
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)
 
-from guidance import MAX_LENGTH, IFUNet  # noqa: E402
+from guidance import MAX_LENGTH, IFUNet, kernel_fan_in  # noqa: E402
 from guidance.sampling import SchedulerConfig, UNetApply, iter_cascade  # noqa: E402
 from guidance.unet_weights import param_shapes  # noqa: E402
 from scripts.bench_guidance import STAND_IN  # noqa: E402
@@ -58,7 +58,7 @@ def stand_in(config, dtype, seed):
 
     def leaf(path, shape):
         if len(shape) >= 2:
-            w = rng.standard_normal(shape, np.float32) / np.float32(np.sqrt(np.prod(shape[:-1])))
+            w = rng.standard_normal(shape, np.float32) / np.float32(np.sqrt(kernel_fan_in(shape)))
         else:
             w = np.full(shape, 1.0 if path[-1].key == "scale" else 0.0, np.float32)
         return jax.device_put(w.astype(dtype))

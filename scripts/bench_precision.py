@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from guidance import IFUNet, ddpm_alphas_cumprod, to_model_space  # noqa: E402
+from guidance import IFUNet, ddpm_alphas_cumprod, kernel_fan_in, to_model_space  # noqa: E402
 from scripts.bench_guidance import SMALL, STAND_IN  # noqa: E402
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -48,7 +48,7 @@ def stand_in_params(module, dim, key):
     def leaf(i, path, shape):
         if len(shape) >= 2:
             w = jax.random.normal(jax.random.fold_in(key, i), shape, jnp.float32)
-            return w / np.sqrt(np.prod(shape[:-1]))
+            return w / np.sqrt(kernel_fan_in(shape))
         return (jnp.ones if path[-1].key == "scale" else jnp.zeros)(shape, jnp.float32)
 
     return jax.tree_util.tree_unflatten(

@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from guidance import IFUNet  # noqa: E402
+from guidance import IFUNet, kernel_fan_in  # noqa: E402
 from interfusion_jax.config import load_config  # noqa: E402
 from guidance import MAX_LENGTH  # noqa: E402
 from interfusion_jax.guidance_setup import DEMO_UNET, if_guidance  # noqa: E402
@@ -45,7 +45,7 @@ def stand_in_guidance(cfg, unet_config, dtype, key):
     def leaf(i, path, shape):
         if len(shape) >= 2:
             w = jax.random.normal(jax.random.fold_in(key, i), shape, jnp.float32)
-            return (w / np.sqrt(np.prod(shape[:-1]))).astype(dtype)
+            return (w / np.sqrt(kernel_fan_in(shape))).astype(dtype)
         return (jnp.ones if path[-1].key == "scale" else jnp.zeros)(shape, dtype)
 
     params = jax.tree_util.tree_unflatten(

@@ -66,7 +66,8 @@ def test_unet_folder_and_explicit_variant_load_the_same_weights():
     kernel = np.asarray(params["down_blocks_1"]["attentions_0"]["to_q"]["kernel"])
     np.testing.assert_array_equal(kernel, raw["down_blocks.1.attentions.0.to_q.weight"].T.astype(np.float32))
     conv = np.asarray(params["conv_in"]["kernel"])
-    np.testing.assert_array_equal(conv, raw["conv_in.weight"].transpose(2, 3, 1, 0).astype(np.float32))
+    # OIHW -> OHWI, the layout of if_unet.Conv.
+    np.testing.assert_array_equal(conv, raw["conv_in.weight"].transpose(0, 2, 3, 1).astype(np.float32))
 
 
 def _copy_stage2(tmp_path):
