@@ -42,6 +42,29 @@ SMALL = dict(STAND_IN, block_out_channels=[32, 64, 64, 64], layers_per_block=1, 
              encoder_hid_dim=64, addition_embed_type_num_heads=4, attention_head_dim=16, norm_num_groups=8)
 
 
+def stand_in_params(module, key, dtype="float32"):
+    """Random weights of the IFUNet `module` (a stand-in, labelled as such), drawn leaf by leaf on
+    the device: kernels normal / sqrt(fan-in), norm scales 1, biases 0, in `dtype`. Leaf by leaf
+    because a jitted init of the 4.4 B network compiles for minutes."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from guidance import kernel_fan_in
+    from guidance.unet_weights import param_shapes
+
+    paths, treedef = jax.tree_util.tree_flatten_with_path(param_shapes(module))
+
+    def leaf(i, path, shape):
+        if len(shape) >= 2:
+            w = jax.random.normal(jax.random.fold_in(key, i), shape, jnp.float32)
+            return (w / np.sqrt(kernel_fan_in(shape))).astype(dtype)
+        return (jnp.ones if path[-1].key == "scale" else jnp.zeros)(shape, dtype)
+
+    return jax.tree_util.tree_unflatten(
+        treedef, [leaf(i, path, x.shape) for i, (path, x) in enumerate(paths)])
+
+
 def _timed(fn, sync, warmup: int, iters: int) -> float:
     """Median milliseconds of fn() over iters runs, after warmup runs."""
     for _ in range(warmup):

@@ -30,29 +30,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from guidance import IFUNet, ddpm_alphas_cumprod, kernel_fan_in, to_model_space  # noqa: E402
-from scripts.bench_guidance import SMALL, STAND_IN  # noqa: E402
+from guidance import IFUNet, ddpm_alphas_cumprod, to_model_space  # noqa: E402
+from scripts.bench_guidance import SMALL, STAND_IN, stand_in_params  # noqa: E402
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 GUIDANCE_SCALE = 20.0
 PAIRS, TOKENS, SIZE = 4, 77, 64
-
-
-def stand_in_params(module, dim, key):
-    """float32 weights of `module` drawn leaf by leaf on the device (a jitted init of the 4.4 B
-    network compiles for minutes): kernels normal / sqrt(fan-in), norm scales 1, biases 0."""
-    dummy = (jnp.zeros((1, SIZE, SIZE, 3)), jnp.zeros((1,), jnp.int32), jnp.zeros((1, TOKENS, dim)))
-    shapes = jax.eval_shape(module.init, key, *dummy)["params"]
-    paths, treedef = jax.tree_util.tree_flatten_with_path(shapes)
-
-    def leaf(i, path, shape):
-        if len(shape) >= 2:
-            w = jax.random.normal(jax.random.fold_in(key, i), shape, jnp.float32)
-            return w / np.sqrt(kernel_fan_in(shape))
-        return (jnp.ones if path[-1].key == "scale" else jnp.zeros)(shape, jnp.float32)
-
-    return jax.tree_util.tree_unflatten(
-        treedef, [leaf(i, path, x.shape) for i, (path, x) in enumerate(paths)])
 
 
 def sds_inputs(key, dim, deltas):
@@ -108,7 +91,7 @@ def measure(config, args):
     dim = config["encoder_hid_dim"]
     t0 = time.perf_counter()
     params32 = jax.block_until_ready(
-        stand_in_params(IFUNet.from_config(config, source="stand-in"), dim, key))
+        stand_in_params(IFUNet.from_config(config, source="stand-in"), key))
     print(f"float32 weights drawn in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     batches, noise = sds_inputs(jax.random.fold_in(key, 1), dim, args.deltas)
     results = {}

@@ -20,37 +20,24 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from guidance import IFUNet, kernel_fan_in  # noqa: E402
+from guidance import IFUNet  # noqa: E402
 from interfusion_jax.config import load_config  # noqa: E402
 from guidance import MAX_LENGTH  # noqa: E402
 from interfusion_jax.guidance_setup import DEMO_UNET, if_guidance  # noqa: E402
 from interfusion_jax.train import build  # noqa: E402
 from interfusion_jax.train_step import make_train_step  # noqa: E402
-from scripts.bench_guidance import STAND_IN  # noqa: E402
+from scripts.bench_guidance import STAND_IN, stand_in_params  # noqa: E402
 
 
 def stand_in_guidance(cfg, unet_config, dtype, key):
     module = IFUNet.from_config(unet_config, dtype=dtype, source="stand-in")
-    dim = unet_config["encoder_hid_dim"]
-    dummy = (jnp.zeros((1, 64, 64, 3)), jnp.zeros((1,), jnp.int32), jnp.zeros((1, MAX_LENGTH, dim)))
-    shapes = jax.eval_shape(module.init, key, *dummy)["params"]
-    paths, treedef = jax.tree_util.tree_flatten_with_path(shapes)
-
-    # Drawing each weight on the device: a jitted init of the whole 4.4 B network compiles for
-    # minutes. Scale 1/sqrt(fan-in) keeps activations finite; norm scales start at 1, biases at 0.
-    def leaf(i, path, shape):
-        if len(shape) >= 2:
-            w = jax.random.normal(jax.random.fold_in(key, i), shape, jnp.float32)
-            return (w / np.sqrt(kernel_fan_in(shape))).astype(dtype)
-        return (jnp.ones if path[-1].key == "scale" else jnp.zeros)(shape, dtype)
-
-    params = jax.tree_util.tree_unflatten(
-        treedef, [leaf(i, path, x.shape) for i, (path, x) in enumerate(paths)])
-    embeddings = jax.random.normal(jax.random.fold_in(key, len(paths)), (17, MAX_LENGTH, dim))
+    params = stand_in_params(module, key, dtype)
+    n_leaves = len(jax.tree_util.tree_leaves(params))
+    embeddings = jax.random.normal(jax.random.fold_in(key, n_leaves),
+                                   (17, MAX_LENGTH, unet_config["encoder_hid_dim"]))
     n = sum(p.size for p in jax.tree_util.tree_leaves(params))
     return if_guidance(cfg, module, params, embeddings, f"stand-in {n / 1e9:.2f} B"), n
 
