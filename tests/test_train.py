@@ -171,7 +171,9 @@ def test_non_finite_steps_are_skipped_then_the_run_stops(run_dir, tmp_path, caps
     assert "non-finite" in capsys.readouterr().err
     rows = [json.loads(line) for line in open(os.path.join(copy, "metrics.jsonl"))]
     assert all(r["skipped"] == 1 for r in rows if r["step"] >= 3)
-    assert rows[-1]["step"] == 3 + 19  # 20 skipped steps in a row: 3, 4, ..., 22
+    # 20 skipped steps in a row: 3, 4, ..., 22. Step 22's row is read while step 23 runs (rows
+    # are written one step late), so the run stops after step 23, whose row is written too.
+    assert [(r["step"], r["bad_steps"]) for r in rows[-2:]] == [(3 + 19, 20), (3 + 20, 21)]
     newest = complete_steps(os.path.join(copy, "ckpt"))[0]
     assert newest > 3
     # A skipped step changes neither the fields, the optimiser state nor the grids.
@@ -245,3 +247,57 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(run_dir, tmp_pat
     assert step == 2
     _assert_trees_equal(items["params"], template["params"])
     assert "step 3" in capsys.readouterr().err
+
+
+class _Metric:
+    """A step's metric that records when the host first waits for it or reads it."""
+
+    def __init__(self, step, value, events):
+        self.step, self.value, self.events = step, np.asarray(value), events
+
+    def _read(self):
+        if ("read", self.step) not in self.events:
+            self.events.append(("read", self.step))
+
+    def block_until_ready(self):
+        self._read()
+        return self
+
+    def __array__(self, dtype=None, copy=None):
+        self._read()
+        return self.value if dtype is None else self.value.astype(dtype)
+
+
+def test_log_rows_read_a_step_only_once_the_next_is_dispatched(tmp_path, monkeypatch):
+    from interfusion_jax.config import load_config
+    from interfusion_jax.timing import PhaseTimer
+
+    cfg = load_config(DEMO, ["train.max_steps=7", "train.log_every=2", "train.val_every=1000",
+                             "train.checkpoint_every=1000"])
+    saved = []
+    monkeypatch.setattr(train_module.runs, "checkpoint_items", lambda state: ())
+    ckpt = type("Ckpt", (), {"save": lambda self, step, *items: saved.append(step)})()
+    stop = type("Stop", (), {"signal": False})()
+    progress = train_module.Progress(cfg, str(tmp_path), 0, None, ckpt, PhaseTimer())
+    events = []
+    values = dict(truncated_rays=np.zeros(4), open_truncated_rays=np.zeros(4), skipped=0,
+                  bad_steps=0)
+    for step in range(7):
+        events.append(("dispatched", step))
+        metrics = {k: _Metric(step, v, events) for k, v in dict(values, loss=1.0 + step).items()}
+        assert progress.after_step(step, metrics, lambda: None, stop) is None
+    events.append(("closing", None))
+    progress.close()
+
+    # Rows at steps 0, 2, 4 and 6 (the last), each with the window of steps since the previous
+    # row: the host waits for a step only once the next one is queued behind it, and for the
+    # last step at once.
+    order = events.index
+    assert sorted(s for e, s in events if e == "read") == list(range(7))
+    for step in range(6):
+        assert order(("read", step)) > order(("dispatched", step + 1))
+    assert order(("read", 6)) < order(("closing", None))
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [0, 2, 4, 6]
+    assert [r["loss"] for r in rows] == [1.0, 3.0, 5.0, 7.0]
+    assert saved == [7]
