@@ -11,6 +11,7 @@ human meshes, the guide body, and scene.glb with all three as separate nodes.
 """
 import concurrent.futures
 import contextlib
+import functools
 import dataclasses
 import os
 import sys
@@ -26,6 +27,7 @@ from tqdm import tqdm
 
 from interfusion_jax.scene import EVAL_VIEWS, FIELDS, VIEW_TABLE, render_view_complete, scene_views
 from nerf.cameras import circle_cameras, generate_rays
+from nerf.field import field_albedo
 from nerf.material import eval_shading
 from nerf.mesh import export_mesh, extract_mesh, mesh_file_name
 from ifcommon import atomic_write, save_png
@@ -249,11 +251,9 @@ def save_test(render, state, cfg, out_dir):
 
 
 def _field_mesh(state, model, cfg, name):
-    field_params = state.params[name]["field"]
-    density = jax.jit(model.density_fn(state.params[name]))
-    albedo = jax.jit(lambda x: model.field.apply(field_params, x)["albedo"])
-    mesh = extract_mesh(density, albedo, cfg.field.radius, resolution=cfg.test.mesh_resolution,
-                        threshold=cfg.test.mesh_threshold)
+    albedo = functools.partial(field_albedo, model.field, state.params[name]["field"])
+    mesh = extract_mesh(model.compiled_density(state.params[name]), albedo, cfg.field.radius,
+                        resolution=cfg.test.mesh_resolution, threshold=cfg.test.mesh_threshold)
     print(f"[interfusion] mesh {name}: density threshold {mesh.metadata['threshold']:.4g} "
           f"({cfg.test.mesh_threshold}), {len(mesh.faces)} faces", file=sys.stderr)
     return mesh

@@ -83,12 +83,12 @@ def node_spacing(radius, resolution):
 
 
 def density_grid(density_fn, radius, resolution, chunk=2**18):
-    """density_fn (jittable, points [M,3] -> [M]) at the grid's nodes -> [R, R, R] float32."""
+    """density_fn (points [M,3] -> [M], called on chunks of `chunk` points as it is: a compiled
+    function, see nerf.mesh.extract_mesh) at the grid's nodes -> [R, R, R] float32."""
     points = grid_points(radius, resolution)
     n = len(points)
     points = np.concatenate([points, np.zeros(((-n) % chunk, 3), np.float32)])
-    fn = jax.jit(density_fn)
-    out = [np.asarray(fn(jnp.asarray(points[i:i + chunk])))
+    out = [np.asarray(density_fn(jnp.asarray(points[i:i + chunk])))
            for i in tqdm(range(0, len(points), chunk), desc="metrics: density", leave=False)]
     return np.concatenate(out)[:n].reshape((resolution,) * 3)
 
@@ -126,7 +126,7 @@ class Region(NamedTuple):
 
 
 def field_region(density_fn, radius, resolution=GRID_RESOLUTION, density_scale=DENSITY_SCALE):
-    """density_fn: jittable points [M,3] -> density [M] -> its Region."""
+    """density_fn: points [M,3] -> density [M] (compiled: see density_grid) -> its Region."""
     density = density_grid(density_fn, radius, resolution)
     if not np.all(np.isfinite(density)):
         raise ValueError(f"metrics: {np.sum(~np.isfinite(density))} non-finite densities on the "
@@ -236,7 +236,7 @@ def scene_metrics(object_density, human_density, body, radius, resolution=GRID_R
                   density_scale=DENSITY_SCALE, reference_object=None):
     """Geometry metrics of one scene (module docstring).
 
-    object_density, human_density: jittable points [M,3] -> density [M]; body: (vertices [V,3],
+    object_density, human_density: points [M,3] -> density [M] (compiled: see density_grid); body: (vertices [V,3],
     faces [F,3]) of the guide body and reference_object: those of the reference object or None,
     closed meshes in the scene frame.
     """
@@ -331,7 +331,8 @@ def run_metrics(run, clip=None, views=8, resolution=None, grid_resolution=GRID_R
         ref_object = (reference.vertices, reference.faces[reference.face_part == 0])
     metrics = dict(step=int(state.step), grid_resolution=grid_resolution)
     metrics.update(scene_metrics(
-        model.density_fn(state.params["object"]), model.density_fn(state.params["human"]),
+        model.compiled_density(state.params["object"]),
+        model.compiled_density(state.params["human"]),
         (run.guide.vertices, run.guide.faces), cfg.field.radius, grid_resolution,
         cfg.train.object_center_density_scale, ref_object))
     if clip is not None or reference is not None:

@@ -15,7 +15,6 @@ Threshold rules (`extract_mesh`'s threshold):
 """
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import skimage.measure
@@ -32,8 +31,7 @@ RELEASE_MIN_COMPONENT = 0.01
 
 
 def _evaluate(fn, points, chunk, desc):
-    """fn(points [chunk,3]) -> [chunk,...] over all points, jitted once on fixed-size chunks."""
-    fn = jax.jit(fn)
+    """fn(points [chunk,3]) -> [chunk,...] over all points, on fixed-size chunks."""
     n = points.shape[0]
     padded = np.concatenate([points, np.zeros(((-n) % chunk, 3), points.dtype)])
     outs = [np.asarray(fn(jnp.asarray(padded[i:i + chunk])))
@@ -113,8 +111,9 @@ def extract_mesh(density_fn, albedo_fn, bound, resolution=128, threshold="releas
     vertices.
 
     density_fn: points [M,3] -> density [M]; albedo_fn: points [M,3] -> rgb [M,3] in [0,1] (or None
-    for no colours). Both are jittable and called on chunks of `chunk` points. threshold: "release",
-    "auto" or a density level (module docstring).
+    for no colours). Both are called on chunks of `chunk` points, as they are: pass compiled
+    functions (a field's: nerf.field.field_density / field_albedo with its parameters bound).
+    threshold: "release", "auto" or a density level (module docstring).
     Returns a trimesh.Trimesh in scene coordinates with outward faces and RGBA vertex colours; its
     `metadata["threshold"]` is the level used (the second pass's, for "release").
     """

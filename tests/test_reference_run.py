@@ -25,7 +25,8 @@ MIN_IOU_HUMAN, MIN_IOU_OBJECT = 0.45, 0.15
 
 def scores(model, state, cfg, body_inside, object_inside):
     def opaque(name):
-        return field_region(model.density_fn(state.params[name]), cfg.field.radius, GRID).opaque
+        return field_region(model.compiled_density(state.params[name]), cfg.field.radius,
+                            GRID).opaque
     return iou(opaque("human"), body_inside), iou(opaque("object"), object_inside)
 
 

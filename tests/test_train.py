@@ -191,6 +191,28 @@ def test_test_and_export_from_a_checkpoint(run_dir, tmp_path):
         ["body_guide.ply", "human.ply", "object.ply", "scene.glb"]
 
 
+def test_field_evaluation_compiles_once_for_both_fields_and_every_export(run_dir, tmp_path,
+                                                                           caplog):
+    """Meshes and metrics evaluate a field with its weights as an argument, not compiled in as
+    constants: one compilation serves both fields and every later export of any run."""
+    copy = str(tmp_path / "demo")
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("mesh"))
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.WARNING):
+            exports = []
+            for _ in range(2):
+                caplog.clear()
+                assert run("--export", copy) == 0
+                exports.append([r.getMessage() for r in caplog.records
+                                if r.getMessage().startswith("Finished XLA compilation")])
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    for name in ("field_density", "field_albedo"):  # 0 when an earlier test compiled it
+        assert sum(f"jit({name})" in m for m in exports[0]) <= 1, exports[0]
+    assert exports[1] == []
+
+
 @pytest.mark.parametrize("args, message", [
     (["--resume", "/nonexistent/run"], "--resume /nonexistent/run: no such folder"),
     (["--test", "{tmp}"], "not a run folder (no config.py)"),
