@@ -1,5 +1,5 @@
 """guidance."""
-from guidance.if_unet import IFUNet, IFUNetConfig, kernel_fan_in
+from guidance.if_unet import IFUNet, IFUNetConfig, TextContext, encode_text, kernel_fan_in
 from guidance.safetensors_io import check_safetensors, find_checkpoint, load_safetensors, load_safetensors_dir
 from guidance.unet_weights import load_if_unet
 from guidance.sds import (SDSConfig, ddpm_alphas_cumprod, ideal_denoiser, sds_from_noise, sds_loss, to_model_space,

@@ -5,6 +5,11 @@ The maths follows diffusers 0.39.0's PyTorch `UNet2DConditionModel` for the bloc
 SimpleCrossAttnUpBlock2D, ResnetUpsampleBlock2D). diffusers' own Flax blocks cannot be reused: they
 have no scale-shift time conditioning, no added-KV attention and no resnet up/down sampling.
 
+The text enters either as T5 embeddings or as their `TextContext` (`encode_text`): every part of
+the UNet that reads only the text (the pooled text embedding, the text projection, each attention
+layer's added keys and values), computed once per prompt, which a run with fixed prompts can do
+instead of at every call.
+
 Layout is NHWC; convolution kernels are stored [out, kh, kw, in] (`Conv`). Submodule names mirror
 the diffusers state-dict keys (`down_blocks.0.resnets.1` is `down_blocks_0/resnets_1`), so
 `unet_weights.py` converts keys mechanically. Group/layer-norm statistics and attention softmax run
@@ -13,7 +18,8 @@ in float32 whatever the parameter dtype.
 
 import dataclasses
 import math
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -172,6 +178,11 @@ class IFUNetConfig:
     conv_in_kernel: int
     conv_out_kernel: int
     cross_attention_norm: str | None
+
+    @property
+    def time_dim(self) -> int:
+        """Width of the time embedding."""
+        return self.time_embedding_dim or self.block_out_channels[0] * 4
 
     @classmethod
     def from_dict(cls, config: dict, source: str = "config") -> "IFUNetConfig":
@@ -383,9 +394,31 @@ class ResnetBlock(nn.Module):
         return out if self.output_scale_factor == 1 else out / self.output_scale_factor
 
 
+def _text_keys_values(enc, features, cross_attention_norm, dtype):
+    """The added keys and values of one attention layer from the projected text enc [B,L,D]:
+    ([B,L,features], [B,L,features]). Called inside a compact method, whose scope gets the
+    submodules norm_cross, add_k_proj and add_v_proj."""
+    if cross_attention_norm == "group_norm":
+        enc = GroupNorm(32, 1e-5, dtype=dtype, name="norm_cross")(enc)
+    return (nn.Dense(features, dtype=dtype, name="add_k_proj")(enc),
+            nn.Dense(features, dtype=dtype, name="add_v_proj")(enc))
+
+
+class TextKeysValues(nn.Module):
+    """An AddedKVAttention layer's text part alone, on that layer's parameters (encode_text)."""
+    features: int
+    cross_attention_norm: str | None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, enc):
+        return _text_keys_values(enc, self.features, self.cross_attention_norm, self.dtype)
+
+
 class AddedKVAttention(nn.Module):
     """diffusers Attention with AttnAddedKVProcessor: the projected text tokens (add_k/add_v) are
-    prepended to the image tokens' own keys/values (dropped when only_cross_attention)."""
+    prepended to the image tokens' own keys/values (dropped when only_cross_attention). `text` is
+    the projected text [B,L,D] or its keys and values ([B,L,inner], [B,L,inner])."""
     heads: int
     head_dim: int
     norm_groups: int
@@ -395,18 +428,16 @@ class AddedKVAttention(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, encoder_hidden_states):
+    def __call__(self, x, text):
         b, hgt, wid, c = x.shape
         inner = self.heads * self.head_dim
         dense = lambda features, name: nn.Dense(features, dtype=self.dtype, name=name)
         split = lambda t: t.reshape(b, t.shape[1], self.heads, self.head_dim)
-        enc = encoder_hidden_states
-        if self.cross_attention_norm == "group_norm":
-            enc = GroupNorm(32, 1e-5, dtype=self.dtype, name="norm_cross")(enc)
+        if not isinstance(text, tuple):
+            text = _text_keys_values(text, inner, self.cross_attention_norm, self.dtype)
         h = GroupNorm(self.norm_groups, 1e-5, dtype=self.dtype, name="group_norm")(x.reshape(b, hgt * wid, c))
         q = split(dense(inner, "to_q")(h))
-        k = split(dense(inner, "add_k_proj")(enc))
-        v = split(dense(inner, "add_v_proj")(enc))
+        k, v = map(split, text)
         if not self.only_cross_attention:
             k = jnp.concatenate([k, split(dense(inner, "to_k")(h))], axis=1)
             v = jnp.concatenate([v, split(dense(inner, "to_v")(h))], axis=1)
@@ -424,6 +455,7 @@ class UNetBlock(nn.Module):
     """One down, mid or up block of the IF UNet; `kind` is the diffusers block type.
 
     Down blocks return (x, skips they produce); up blocks take the skips they consume, last first.
+    `text`: the projected text [B,L,D], or per attention layer name its keys and values.
     """
     kind: str
     features: int
@@ -439,24 +471,25 @@ class UNetBlock(nn.Module):
         scale = self.cfg.resnet_out_scale_factor if scale is None else scale
         return ResnetBlock(self.features, self.cfg, scale, up, down, self.dtype, name=name)
 
-    def _attn(self, name):
-        return _attention(self.cfg, self.head_dim, self.only_cross_attention, self.features,
-                          self.attention_impl, self.dtype, name)
+    def _attn(self, name, x, text):
+        layer = _attention(self.cfg, self.head_dim, self.only_cross_attention, self.features,
+                           self.attention_impl, self.dtype, name)
+        return layer(x, text[name] if isinstance(text, dict) else text)
 
     @nn.compact
-    def __call__(self, x, temb, encoder_hidden_states, skips=()):
+    def __call__(self, x, temb, text, skips=()):
         has_attention = "CrossAttn" in self.kind
         if self.kind == "UNetMidBlock2DSimpleCrossAttn":
             scale = self.cfg.mid_block_scale_factor
             x = self._resnet("resnets_0", scale)(x, temb)
-            x = self._attn("attentions_0")(x, encoder_hidden_states)
+            x = self._attn("attentions_0", x, text)
             return self._resnet("resnets_1", scale)(x, temb)
         if self.kind in _DOWN_BLOCKS:
             produced = []
             for j in range(self.num_layers):
                 x = self._resnet(f"resnets_{j}")(x, temb)
                 if has_attention:
-                    x = self._attn(f"attentions_{j}")(x, encoder_hidden_states)
+                    x = self._attn(f"attentions_{j}", x, text)
                 produced.append(x)
             if self.resample:
                 x = self._resnet("downsamplers_0", down=True)(x, temb)
@@ -466,16 +499,26 @@ class UNetBlock(nn.Module):
             x = jnp.concatenate([x, skips[j]], axis=-1)
             x = self._resnet(f"resnets_{j}")(x, temb)
             if has_attention:
-                x = self._attn(f"attentions_{j}")(x, encoder_hidden_states)
+                x = self._attn(f"attentions_{j}", x, text)
         if self.resample:
             x = self._resnet("upsamplers_0", up=True)(x, temb)
         return x
 
 
+class TextContext(NamedTuple):
+    """What an IFUNet reads of a text, computed once by encode_text: pooled [B, time_dim], the
+    pooled text embedding added to the time embedding (None without addition_embed_type "text"),
+    and layers, per block and attention layer name, that layer's added keys and values
+    ([B,L,inner], [B,L,inner]). Rows are prompts, as in the embeddings it came from."""
+    pooled: Any
+    layers: dict
+
+
 class IFUNet(nn.Module):
-    """IF UNet: (sample [B,H,W,C], timesteps [B], encoder_hidden_states [B,L,D], class_labels [B]|None)
-    -> [B,H,W,out_channels]. class_labels is stage II's noise-augmentation level (class_embed_type
-    "timestep"). attention_impl is `attend`'s implementation (None, "xla" or "cudnn")."""
+    """IF UNet: (sample [B,H,W,C], timesteps [B], text, class_labels [B]|None) -> [B,H,W,out_channels];
+    text: T5 embeddings encoder_hidden_states [B,L,D] or their TextContext (encode_text). class_labels
+    is stage II's noise-augmentation level (class_embed_type "timestep"). attention_impl is `attend`'s
+    implementation (None, "xla" or "cudnn")."""
     config: IFUNetConfig
     dtype: Any = jnp.float32
     attention_impl: str | None = None
@@ -500,7 +543,7 @@ class IFUNet(nn.Module):
         if cfg.center_input_sample:
             sample = 2 * sample - 1.0
 
-        time_dim = cfg.time_embedding_dim or chans[0] * 4
+        time_dim = cfg.time_dim
         sinusoid = lambda t: timestep_embedding(jnp.broadcast_to(jnp.asarray(t), (batch,)), chans[0],
                                                 cfg.flip_sin_to_cos, cfg.freq_shift)
         emb = TimestepEmbedding(time_dim, cfg.act_fn, cfg.timestep_post_act, dt, name="time_embedding")(
@@ -513,15 +556,22 @@ class IFUNet(nn.Module):
                 sinusoid(class_labels))
         elif class_labels is not None:
             raise ValueError("IFUNet: class_labels given but the config has no class embedding.")
-        encoder_hidden_states = encoder_hidden_states.astype(dt)
-        if cfg.addition_embed_type == "text":
-            emb = emb + TextTimeEmbedding(time_dim, cfg.addition_embed_type_num_heads, dt,
-                                          name="add_embedding")(encoder_hidden_states)
+        if isinstance(encoder_hidden_states, TextContext):
+            context = encoder_hidden_states
+            if context.pooled is not None:
+                emb = emb + context.pooled
+            text = lambda block: context.layers.get(block, {})  # noqa: E731
+        else:
+            encoder_hidden_states = encoder_hidden_states.astype(dt)
+            if cfg.addition_embed_type == "text":
+                emb = emb + TextTimeEmbedding(time_dim, cfg.addition_embed_type_num_heads, dt,
+                                              name="add_embedding")(encoder_hidden_states)
+            if cfg.encoder_hid_dim is not None:
+                encoder_hidden_states = nn.Dense(cfg.cross_attention_dim, dtype=dt,
+                                                 name="encoder_hid_proj")(encoder_hidden_states)
+            text = lambda block: encoder_hidden_states  # noqa: E731
         if cfg.time_embedding_act_fn is not None:
             emb = _ACTIVATIONS[cfg.time_embedding_act_fn](emb)
-        if cfg.encoder_hid_dim is not None:
-            encoder_hidden_states = nn.Dense(cfg.cross_attention_dim, dtype=dt, name="encoder_hid_proj")(
-                encoder_hidden_states)
 
         block = lambda kind, i, layers, head_dim, only_cross, resample, name: UNetBlock(
             kind, chans[i], layers, head_dim, only_cross, resample, cfg, self.attention_impl, dt, name=name)
@@ -531,19 +581,43 @@ class IFUNet(nn.Module):
         for i, kind in enumerate(cfg.down_block_types):
             x, produced = block(kind, i, cfg.layers_per_block[i], cfg.attention_head_dim[i],
                                 cfg.only_cross_attention[i], i < n - 1, f"down_blocks_{i}")(
-                x, emb, encoder_hidden_states)
+                x, emb, text(f"down_blocks_{i}"))
             skips.extend(produced)
         x = block(cfg.mid_block_type, n - 1, 1, cfg.attention_head_dim[-1], cfg.mid_block_only_cross_attention,
-                  False, "mid_block")(x, emb, encoder_hidden_states)
+                  False, "mid_block")(x, emb, text("mid_block"))
         for i, kind in enumerate(cfg.up_block_types):
             r = n - 1 - i  # the matching down block
             layers = cfg.layers_per_block[r] + 1
             used, skips = skips[-layers:][::-1], skips[:-layers]
             # diffusers indexes attention_head_dim by the up-block index, unreversed (a quirk kept here)
             x = block(kind, r, layers, cfg.attention_head_dim[i], cfg.only_cross_attention[r], i < n - 1,
-                      f"up_blocks_{i}")(x, emb, encoder_hidden_states, used)
+                      f"up_blocks_{i}")(x, emb, text(f"up_blocks_{i}"), used)
 
         x = _ACTIVATIONS[cfg.act_fn](GroupNorm(cfg.norm_num_groups, cfg.norm_eps, dtype=dt,
                                                name="conv_norm_out")(x))
         k = cfg.conv_out_kernel
         return Conv(cfg.out_channels, k, dtype=dt, name="conv_out")(x)
+
+
+def encode_text(module: IFUNet, params, encoder_hidden_states) -> TextContext:
+    """The TextContext of T5 embeddings [B,L,D] for `module` with `params`: the UNet's text-only
+    parts, each applied to its own parameters, so that the UNet then gives what it gives on the
+    embeddings themselves while computing none of that per call."""
+    cfg, dt = module.config, module.dtype
+    encoder_hidden_states = jnp.asarray(encoder_hidden_states).astype(dt)
+    pooled = None
+    if cfg.addition_embed_type == "text":
+        pooled = TextTimeEmbedding(cfg.time_dim, cfg.addition_embed_type_num_heads, dt).apply(
+            {"params": params["add_embedding"]}, encoder_hidden_states)
+    enc = encoder_hidden_states
+    if cfg.encoder_hid_dim is not None:
+        enc = nn.Dense(cfg.cross_attention_dim, dtype=dt).apply(
+            {"params": params["encoder_hid_proj"]}, enc)
+    layers = {}
+    for block, block_params in params.items():
+        for name, layer in block_params.items():
+            if isinstance(layer, Mapping) and "add_k_proj" in layer:
+                features = layer["add_k_proj"]["kernel"].shape[-1]
+                layers.setdefault(block, {})[name] = TextKeysValues(
+                    features, cfg.cross_attention_norm, dt).apply({"params": layer}, enc)
+    return TextContext(pooled, layers)

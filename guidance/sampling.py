@@ -30,6 +30,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
+from guidance.if_unet import encode_text
 from guidance.sds import ddpm_alphas_cumprod
 
 VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range")
@@ -144,9 +145,23 @@ def _ddpm_update(config: SchedulerConfig, c, model_output, t, sample, noise):
 
 
 def _check_embeddings(cond_emb, uncond_emb):
-    if cond_emb.ndim != 3 or uncond_emb.shape not in (cond_emb.shape[1:], cond_emb.shape):
-        raise ValueError(f"Sampling: cond_emb must be [N,L,D] and uncond_emb [L,D] or [N,L,D]; got "
-                         f"{cond_emb.shape} and {uncond_emb.shape}.")
+    """Returns N, the images' count, after checking cond_emb [N,L,D] and uncond_emb [L,D] or [N,L,D] (or
+    TextContexts of such rows, leaf by leaf)."""
+    def check(cond, uncond):
+        if cond.ndim < 2 or uncond.shape not in (cond.shape[1:], cond.shape):
+            raise ValueError(f"Sampling: cond_emb must be [N,L,D] and uncond_emb [L,D] or [N,L,D]; got "
+                             f"{cond.shape} and {uncond.shape}.")
+        return cond.shape[0]
+
+    counts = set(jax.tree_util.tree_leaves(jax.tree_util.tree_map(check, cond_emb, uncond_emb)))
+    if len(counts) != 1:
+        raise ValueError(f"Sampling: the text's rows disagree ({sorted(counts)}).")
+    return counts.pop()
+
+
+def _per_image_uncond(cond_emb, uncond_emb) -> bool:
+    """Whether uncond_emb has a row per image, as cond_emb has, rather than one row for all."""
+    return jax.tree_util.tree_leaves(uncond_emb)[0].ndim == jax.tree_util.tree_leaves(cond_emb)[0].ndim
 
 
 def _per_image(key) -> bool:
@@ -181,8 +196,9 @@ def _guided_step(unet_fn, scheduler, guidance_scale, mesh, params, coefficients,
         n, channels = x.shape[0], x.shape[-1]
         inputs = x if cond_image is None else jnp.concatenate([x, cond_image.astype(x.dtype)], -1)
         extra = () if class_labels is None else (jnp.concatenate([class_labels, class_labels]),)
-        emb = jnp.concatenate([jnp.broadcast_to(uncond_emb, cond_emb.shape), cond_emb])
-        out = unet_fn(params, jnp.concatenate([inputs, inputs]), jnp.full((2 * n,), t), emb,
+        text = jax.tree_util.tree_map(lambda c, u: jnp.concatenate([jnp.broadcast_to(u, c.shape), c]), cond_emb,
+                                      uncond_emb)
+        out = unet_fn(params, jnp.concatenate([inputs, inputs]), jnp.full((2 * n,), t), text,
                       *extra).astype(jnp.float32)
         uncond, text = out[:n], out[n:]
         eps = uncond[..., :channels] + guidance_scale * (text[..., :channels] - uncond[..., :channels])
@@ -195,7 +211,8 @@ def _guided_step(unet_fn, scheduler, guidance_scale, mesh, params, coefficients,
     # Each device doubles its own slice into the [unconditional; text] pair: under plain jit the
     # concatenation along the sharded batch axis would move activations between devices.
     batch, whole = P(mesh.axis_names), P()
-    specs = (whole, whole, batch, whole, batch, whole, batch, batch if uncond_emb.ndim == 3 else whole, batch, batch)
+    specs = (whole, whole, batch, whole, batch, whole, batch,
+             batch if _per_image_uncond(cond_emb, uncond_emb) else whole, batch, batch)
     return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=batch)(*args)
 
 
@@ -207,10 +224,10 @@ def sample_ddpm(unet_fn, params, key, cond_emb, uncond_emb, image_size: int, num
     call to call (it is a static argument of the jitted step: a new function recompiles). cond_image
     [N,S,S,c] is concatenated to the UNet input and class_labels [N] passed on (stage II). key: a single
     PRNG key, or one per image [N] (image n's noise then comes from key[n] alone). mesh: the batch is split
-    over the mesh's devices (N a multiple of their number, one key per image), params replicated.
+    over the mesh's devices (N a multiple of their number, one key per image), params replicated. cond_emb
+    and uncond_emb may be TextContexts of the embeddings (UNetApply.text_context) for an IF UNet's unet_fn.
     Returns [N,S,S,channels] in [−1, 1] (float32)."""
-    _check_embeddings(cond_emb, uncond_emb)
-    n = cond_emb.shape[0]
+    n = _check_embeddings(cond_emb, uncond_emb)
     if _per_image(key) and key.shape[0] != n:
         raise ValueError(f"Sampling: {key.shape[0]} per-image keys for {n} images.")
     if mesh is not None and (not _per_image(key) or n % mesh.size):
@@ -227,7 +244,7 @@ def sample_ddpm(unet_fn, params, key, cond_emb, uncond_emb, image_size: int, num
         params, coefficients = jax.device_put((params, coefficients), whole)  # no-op: replicated params
         x, key_steps, cond_emb, cond_image, class_labels = jax.device_put(
             (x, key_steps, cond_emb, cond_image, class_labels), batch)
-        uncond_emb = jax.device_put(uncond_emb, batch if uncond_emb.ndim == 3 else whole)
+        uncond_emb = jax.device_put(uncond_emb, batch if _per_image_uncond(cond_emb, uncond_emb) else whole)
     for i, ((t, _), c) in enumerate(zip(tqdm(steps, desc=desc, disable=not progress), coefficients)):
         x = _guided_step(unet_fn, scheduler, float(guidance_scale), mesh, params, c, x,
                          jnp.int32(t), key_steps, jnp.int32(i), cond_emb, uncond_emb, cond_image, class_labels)
@@ -266,8 +283,9 @@ def sample_stage2(unet_fn, params, key, low_res, cond_emb, uncond_emb, num_steps
     image, upsampled (bilinear, align_corners) and noised to `noise_level` with the noising scheduler's
     schedule, is concatenated to the UNet input; the level is the UNet's class label. Defaults are
     IFSuperResolutionPipeline's (50 steps, guidance 4, noise level 250). key and mesh as sample_ddpm."""
-    if low_res.ndim != 4 or low_res.shape[-1] != 3 or low_res.shape[0] != cond_emb.shape[0]:
-        raise ValueError(f"sample_stage2: low_res must be [N,h,w,3] in [0,1] with N = {cond_emb.shape[0]}; got "
+    n = _check_embeddings(cond_emb, uncond_emb)
+    if low_res.ndim != 4 or low_res.shape[-1] != 3 or low_res.shape[0] != n:
+        raise ValueError(f"sample_stage2: low_res must be [N,h,w,3] in [0,1] with N = {n}; got "
                          f"{low_res.shape}.")
     if not 0 <= noise_level < noising_scheduler.num_train_timesteps:
         raise ValueError(f"sample_stage2: noise_level {noise_level} outside [0, "
@@ -292,13 +310,24 @@ class UNetApply:
     def __call__(self, params, *args):
         return self.module.apply({"params": params}, *args)
 
+    def text_context(self, params, emb):
+        """The TextContext of embeddings emb [N,L,D] (guidance.encode_text), which the UNet reads in their
+        place: the text's part of the UNet then runs once per batch, not at each of its sampling steps."""
+        return _text_context(self.module, params, emb)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _text_context(module, params, emb):
+    return encode_text(module, params, emb)
+
 
 def iter_cascade(stage1: dict, stage2: dict, embeddings, uncond_emb, prompt_keys, num_images_per_prompt: int,
                  batch_size: int = 8, devices=None, progress: bool = True):
     """Yields, prompt by prompt, uint8 images [num_images_per_prompt, S, S, 3] of the IF cascade:
     sample_stage1(**stage1) then sample_stage2(**stage2), the dicts holding every argument but the key,
-    images, embeddings, progress and mesh (unet_fn and params at least). embeddings [P,L,D] (NumPy): prompt
-    p's T5 embedding; uncond_emb [L,D]: the empty prompt's; prompt_keys [P]: PRNG keys.
+    images, embeddings, progress and mesh (a UNetApply unet_fn and params at least). embeddings [P,L,D]
+    (NumPy): prompt p's T5 embedding; uncond_emb [L,D]: the empty prompt's; prompt_keys [P]: PRNG keys. The
+    UNets read the embeddings' TextContexts, computed once per batch.
 
     Image j of prompt p is drawn from fold_in(prompt_keys[p], j) alone. Batches are split over `devices`
     (default: this process's, jax.local_devices()) along a one-axis mesh, the parameters replicated; each
@@ -317,12 +346,19 @@ def iter_cascade(stage1: dict, stage2: dict, embeddings, uncond_emb, prompt_keys
     n = num_images_per_prompt
     per_batch = min(batch_size, -(-n // mesh.size)) * mesh.size
 
+    def text(stage, emb):  # the stage UNet's TextContext of one embedding [L,D], replicated
+        context = stage["unet_fn"].text_context(stage["params"], jnp.asarray(emb)[None])
+        return jax.device_put(jax.tree_util.tree_map(lambda a: a[0], context), whole)
+
+    uncond = [text(stage, uncond_emb) for stage in (stage1, stage2)]
+
     def launch(prompt, start):
         index = np.minimum(np.arange(start, start + per_batch), n - 1)  # padded with the last image
         key1, key2 = _split(jax.vmap(jax.random.fold_in, (None, 0))(prompt_keys[prompt], index))
-        cond = np.broadcast_to(embeddings[prompt], (per_batch, *embeddings.shape[1:]))
-        low = sample_stage1(key=key1, cond_emb=cond, uncond_emb=uncond_emb, progress=False, mesh=mesh, **stage1)
-        high = sample_stage2(key=key2, low_res=low, cond_emb=cond, uncond_emb=uncond_emb, progress=False,
+        cond = [jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (per_batch, *a.shape)),
+                                       text(stage, embeddings[prompt])) for stage in (stage1, stage2)]
+        low = sample_stage1(key=key1, cond_emb=cond[0], uncond_emb=uncond[0], progress=False, mesh=mesh, **stage1)
+        high = sample_stage2(key=key2, low_res=low, cond_emb=cond[1], uncond_emb=uncond[1], progress=False,
                              mesh=mesh, **stage2)
         return start, jnp.round(high * 255).astype(jnp.uint8)
 

@@ -64,10 +64,15 @@ def _check_inputs(images, cond_emb, uncond_emb):
         raise ValueError(f"SDS: images must be floating point in [0,1]; got dtype {images.dtype} "
                          "(convert uint8 images with x / 255).")
     n = images.shape[0]
-    if cond_emb.ndim != 3 or cond_emb.shape[0] != n:
-        raise ValueError(f"SDS: cond_emb must be [N,L,D] with N={n} (one per image); got {cond_emb.shape}.")
-    if uncond_emb.shape not in (cond_emb.shape[1:], cond_emb.shape):
-        raise ValueError(f"SDS: uncond_emb must be [L,D] or [N,L,D] = {cond_emb.shape}; got {uncond_emb.shape}.")
+
+    def check(cond, uncond):
+        if cond.ndim < 2 or cond.shape[0] != n:
+            raise ValueError(f"SDS: cond_emb must be [N,L,D] (or a TextContext of N rows) with N={n} (one per "
+                             f"image); got {cond.shape}.")
+        if uncond.shape not in (cond.shape[1:], cond.shape):
+            raise ValueError(f"SDS: uncond_emb must be [L,D] or [N,L,D] = {cond.shape}; got {uncond.shape}.")
+
+    jax.tree_util.tree_map(check, cond_emb, uncond_emb)
 
 
 def to_model_space(images, image_size: int = 64):
@@ -92,8 +97,9 @@ def sds_from_noise(unet_fn, images, cond_emb, uncond_emb, t, noise, alphas_cumpr
     x = to_model_space(images, config.image_size)
     alpha_bar = jnp.asarray(alphas_cumprod, jnp.float32)[t][:, None, None, None]
     x_t = jax.lax.stop_gradient(jnp.sqrt(alpha_bar) * x + jnp.sqrt(1.0 - alpha_bar) * noise)
-    uncond = jnp.broadcast_to(uncond_emb, cond_emb.shape)
-    out = unet_fn(jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]), jnp.concatenate([cond_emb, uncond]))
+    text = jax.tree_util.tree_map(lambda c, u: jnp.concatenate([c, jnp.broadcast_to(u, c.shape)]), cond_emb,
+                                  uncond_emb)
+    out = unet_fn(jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]), text)
     eps = jax.lax.stop_gradient(out[..., :3].astype(jnp.float32))
     eps_text, eps_uncond = eps[:n], eps[n:]
     # docs/method.md §2.5 (threestudio's deep_floyd guidance) writes CFG as ε̂_text + s·(ε̂_text − ε̂_uncond); standard
@@ -118,7 +124,8 @@ def sds_loss(unet_fn, key, images, cond_emb, uncond_emb, alphas_cumprod, config:
     unet_fn: pure (x [2N,64,64,3], t [2N] int32, emb [2N,L,D]) -> [2N,64,64,6] (ε̂ = first 3 channels).
     key: PRNG key; one t per image, uniform on the integers [config.min_step, config.max_step], and ε.
     images [N,H,W,3] float in [0,1] (resized bilinearly to 64×64); cond_emb [N,L,D] T5 embeddings;
-    uncond_emb [L,D] or [N,L,D] (the empty prompt); alphas_cumprod from ddpm_alphas_cumprod().
+    uncond_emb [L,D] or [N,L,D] (the empty prompt); either may instead be a pytree of such arrays
+    that unet_fn reads (an IF UNet's TextContext), leaf by leaf; alphas_cumprod from ddpm_alphas_cumprod().
     weights [N] or None: per-pair loss weights (e.g. the object term's floor(step/1000)/10). Each pair
     counts as one image: the release divides each term by its batch size, so for a term rendered at
     batch B pass weight 1/B for each of its B images.

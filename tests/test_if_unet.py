@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from guidance import IFUNet, load_if_unet, load_safetensors_dir
+from guidance import IFUNet, TextContext, encode_text, load_if_unet, load_safetensors_dir
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "if_unet")
 
@@ -125,3 +125,19 @@ def test_stage2_requires_noise_level(tmp_path):
     ref = np.load(os.path.join(FIXTURES, "stage2", "reference.npz"))
     with pytest.raises(ValueError, match="class_labels"):
         module.apply({"params": params}, ref["sample_nhwc"], ref["timesteps"], ref["encoder_hidden_states"])
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_text_context_gives_the_embeddings_output_with_less_work(stage):
+    model_dir = os.path.join(FIXTURES, stage)
+    module, params = load_if_unet(model_dir)
+    ref = np.load(os.path.join(model_dir, "reference.npz"))
+    extra = (ref["class_labels"],) if "class_labels" in ref else ()
+    apply = jax.jit(lambda p, text: module.apply({"params": p}, ref["sample_nhwc"], ref["timesteps"], text,
+                                                 *extra))
+    context = jax.jit(lambda p, e: encode_text(module, p, e))(params, ref["encoder_hidden_states"])
+    assert isinstance(context, TextContext) and context.layers
+    np.testing.assert_allclose(np.asarray(apply(params, context)),
+                               np.asarray(apply(params, ref["encoder_hidden_states"])), rtol=1e-5, atol=1e-5)
+    flops = lambda text: apply.lower(params, text).cost_analysis()["flops"]  # noqa: E731
+    assert flops(context) < flops(ref["encoder_hidden_states"])

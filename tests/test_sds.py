@@ -7,6 +7,7 @@ E[ε | x_t] = √(1−ᾱ)·(x_t − √ᾱ·m) / (ᾱs² + 1 − ᾱ).
 """
 
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -212,3 +213,27 @@ def test_ideal_denoiser_gradient_points_at_the_reference_image():
     x, x_star = (np.asarray(to_model_space(jnp.asarray(a))) for a in (images, targets))
     np.testing.assert_allclose(np.asarray(aux["grad"]), np.sqrt(ab / (1 - ab)) * (x - x_star),
                                rtol=2e-3, atol=2e-3)
+
+
+def test_a_text_context_stands_for_the_embeddings():
+    from guidance import encode_text, load_if_unet
+
+    module, params = load_if_unet(os.path.join(os.path.dirname(__file__), "fixtures", "if_unet", "stage1"))
+    rng = np.random.default_rng(2)
+    width = module.config.encoder_hid_dim
+    emb = jnp.asarray(rng.normal(size=(3, 77, width)), jnp.float32)  # two prompts, then the empty one
+    images = jnp.asarray(rng.uniform(size=(2, 64, 64, 3)), jnp.float32)
+    t, noise = jnp.array([100, 700]), jnp.asarray(rng.normal(size=(2, 64, 64, 3)), jnp.float32)
+    unet_fn = lambda x, t, text: module.apply({"params": params}, x, t, text)  # noqa: E731
+    context = encode_text(module, params, emb)
+    rows = lambda tree, index: jax.tree_util.tree_map(lambda a: a[index], tree)  # noqa: E731
+
+    def loss(cond, uncond):
+        return jax.value_and_grad(lambda im: sds_from_noise(unet_fn, im, cond, uncond, t, noise,
+                                                            ddpm_alphas_cumprod())[0])(images)
+
+    by_emb, by_context = loss(emb[:2], emb[2]), loss(rows(context, slice(0, 2)), rows(context, 2))
+    for a, b in zip(by_emb, by_context):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="TextContext of N rows"):
+        loss(rows(context, slice(0, 1)), rows(context, 2))
