@@ -23,9 +23,11 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from interfusion_jax.config import load_config  # noqa: E402
-from interfusion_jax.metrics import Run, run_metrics  # noqa: E402
-from interfusion_jax.scene import VIEWS, object_center, run_body  # noqa: E402
-from interfusion_jax.train import build  # noqa: E402
+from interfusion_jax.evaluate import make_eval_renderer  # noqa: E402
+from interfusion_jax.metrics import run_metrics  # noqa: E402
+from interfusion_jax.run_dir import Run  # noqa: E402
+from interfusion_jax.scene import VIEWS  # noqa: E402
+from interfusion_jax.train import build, make_center_fn  # noqa: E402
 from interfusion_jax.train_step import make_train_step  # noqa: E402
 
 COLUMNS = ("iou_object", "iou_human", "psnr_object", "psnr_human", "psnr_interaction",
@@ -49,12 +51,10 @@ def main():
                       [f"train.max_steps={milestones[-1]}", f"output_dir={args.out}"]
                       + args.overrides)
     t_start = time.perf_counter()
-    model, state, guidance = build(cfg, jax.random.PRNGKey(cfg.seed))[:3]
-    body, guide = run_body(cfg)
+    model, state, guidance, body, guide = build(cfg, jax.random.PRNGKey(cfg.seed))
     step_fn = make_train_step(model, guidance, cfg)
-    center_fn = jax.jit(lambda params, prev: object_center(
-        model.density_fn(params), prev, cfg.field.radius, cfg.train.object_center_resolution,
-        cfg.train.object_center_density_scale))
+    center_fn = make_center_fn(model, cfg)
+    render = make_eval_renderer(model, cfg)
     print(f"[bench_reference] {guidance.description}; built in "
           f"{time.perf_counter() - t_start:.1f} s", file=sys.stderr)
 
@@ -69,7 +69,7 @@ def main():
             jax.block_until_ready(state)
             t_steps += time.perf_counter() - t0
             t0 = time.perf_counter()
-            scores = run_metrics(Run(cfg, model, state, guide, body), views=args.views)
+            scores = run_metrics(Run(cfg, model, state, guide, body, render), views=args.views)
             t_metrics += time.perf_counter() - t0
             rows.append(scores)
             os.makedirs(args.out, exist_ok=True)
