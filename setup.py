@@ -19,7 +19,6 @@ setup(
         "orbax-checkpoint>=0.11",
         "ml_collections>=1.0",
         "absl-py>=2.0",
-        "diffusers==0.39.0",
         "transformers>=4.45,<5",
         "safetensors>=0.4",
         "sentencepiece>=0.2",

@@ -4,8 +4,8 @@ IFPipeline and IFSuperResolutionPipeline do it, in JAX.
 The DDPM step is written here because diffusers' FlaxDDPMScheduler differs from the PyTorch
 DDPMScheduler that IF ships with: it steps to t−1 whatever the number of inference steps, mixes the
 learned-range variance linearly instead of in log space, and has no dynamic thresholding. The step below
-follows the PyTorch scheduler (checked against it in tests/test_sampling.py); the noise schedule comes
-from FlaxDDPMScheduler (sds.ddpm_alphas_cumprod).
+follows the PyTorch scheduler (checked against it in tests/test_sampling.py), and so does the noise
+schedule (sds.ddpm_alphas_cumprod).
 
 UNets enter as a pure function and its parameters: stage I `unet_fn(params, x [B,H,W,3], t [B], emb [B,L,D])
 -> [B,H,W,6]`, stage II `unet_fn(params, x [B,H,W,6], t [B], emb [B,L,D], class_labels [B]) -> [B,H,W,6]`
@@ -42,8 +42,6 @@ class SchedulerConfig:
     """The DDPMScheduler settings that sampling uses; defaults are IF-I-XL's scheduler_config.json."""
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
-    beta_start: float = 0.0001
-    beta_end: float = 0.02
     variance_type: str = "learned_range"
     clip_sample: bool = True
     clip_sample_range: float = 1.0
@@ -55,7 +53,8 @@ class SchedulerConfig:
 
     @classmethod
     def from_dict(cls, config: dict, source: str = "scheduler config") -> "SchedulerConfig":
-        unsupported = {"prediction_type": "epsilon", "trained_betas": None, "rescale_betas_zero_snr": False}
+        unsupported = {"prediction_type": "epsilon", "trained_betas": None, "rescale_betas_zero_snr": False,
+                       "beta_schedule": "squaredcos_cap_v2"}
         for key, supported in unsupported.items():
             if config.get(key, supported) != supported:
                 raise ValueError(f"{source}: {key} = {config[key]!r} is not supported (only {supported!r}).")
@@ -78,7 +77,7 @@ class SchedulerConfig:
             return cls.from_dict(json.load(f), path)
 
     def alphas_cumprod(self):
-        return ddpm_alphas_cumprod(self.num_train_timesteps, self.beta_schedule, self.beta_start, self.beta_end)
+        return ddpm_alphas_cumprod(self.num_train_timesteps, self.beta_schedule)
 
 
 def ddpm_timesteps(config: SchedulerConfig, num_steps: int) -> list[tuple[int, int]]:

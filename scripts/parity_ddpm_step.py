@@ -3,7 +3,8 @@
 Run with `.venv-ref/bin/python scripts/parity_ddpm_step.py`; writes tests/fixtures/ddpm_step/reference.npz:
 for IF's scheduler settings (learned_range variance, dynamic thresholding) and a plain one (fixed_small,
 clipping), the timesteps of a 10-step run and one step from each of them with random model outputs, plus
-the variance noise the scheduler drew (re-drawn here from the same generator seed).
+the variance noise the scheduler drew (re-drawn here from the same generator seed); and the scheduler's
+alphas_cumprod (squaredcos_cap_v2, 1000 steps) for guidance.sds.ddpm_alphas_cumprod.
 """
 
 import json
@@ -45,6 +46,7 @@ def main():
                 store.append(value.numpy().transpose(0, 2, 3, 1))  # NCHW -> NHWC
         for key, values in (("sample", samples), ("output", outputs), ("noise", noises), ("result", results)):
             arrays[f"{name}_{key}"] = np.stack(values)
+    arrays["alphas_cumprod"] = scheduler.alphas_cumprod.numpy()
     arrays["configs"] = np.array(json.dumps(CONFIGS))
     np.savez_compressed(os.path.join(OUT, "reference.npz"), **arrays)
     print(f"wrote {OUT}/reference.npz ({os.path.getsize(os.path.join(OUT, 'reference.npz')) / 1024:.0f} KiB)")

@@ -40,6 +40,8 @@ def test_unsupported_scheduler_settings_are_named():
         SchedulerConfig.from_dict({"prediction_type": "v_prediction"})
     with pytest.raises(ValueError, match="variance_type"):
         SchedulerConfig.from_dict({"variance_type": "learned"})
+    with pytest.raises(ValueError, match="beta_schedule = 'linear' is not supported"):
+        SchedulerConfig.from_dict({"beta_schedule": "linear"})
 
 
 def gaussian_eps(x_t, alpha_bar, mean, std):

@@ -63,6 +63,11 @@ def embeddings(n):
 
 def test_schedule_is_squaredcos_cap_v2():
     np.testing.assert_allclose(np.asarray(ddpm_alphas_cumprod()), ALPHAS, rtol=2e-5, atol=1e-7)
+    # diffusers' PyTorch DDPMScheduler, which IF ships with (scripts/parity_ddpm_step.py), to the bit.
+    reference = np.load(os.path.join(os.path.dirname(__file__), "fixtures", "ddpm_step", "reference.npz"))
+    np.testing.assert_array_equal(ddpm_alphas_cumprod(), reference["alphas_cumprod"])
+    with pytest.raises(ValueError, match="beta_schedule 'linear' is not supported"):
+        ddpm_alphas_cumprod(beta_schedule="linear")
 
 
 @pytest.mark.parametrize("weighting", ["uniform", "sds", "fantasia3d"])
