@@ -195,9 +195,9 @@ def _guided_step(unet_fn, scheduler, guidance_scale, mesh, params, coefficients,
         n, channels = x.shape[0], x.shape[-1]
         inputs = x if cond_image is None else jnp.concatenate([x, cond_image.astype(x.dtype)], -1)
         extra = () if class_labels is None else (jnp.concatenate([class_labels, class_labels]),)
-        text = jax.tree_util.tree_map(lambda c, u: jnp.concatenate([jnp.broadcast_to(u, c.shape), c]), cond_emb,
-                                      uncond_emb)
-        out = unet_fn(params, jnp.concatenate([inputs, inputs]), jnp.full((2 * n,), t), text,
+        emb = jax.tree_util.tree_map(lambda c, u: jnp.concatenate([jnp.broadcast_to(u, c.shape), c]), cond_emb,
+                                     uncond_emb)
+        out = unet_fn(params, jnp.concatenate([inputs, inputs]), jnp.full((2 * n,), t), emb,
                       *extra).astype(jnp.float32)
         uncond, text = out[:n], out[n:]
         eps = uncond[..., :channels] + guidance_scale * (text[..., :channels] - uncond[..., :channels])

@@ -17,8 +17,6 @@ import numpy as np
 
 WEIGHTINGS = ("uniform", "sds", "fantasia3d")
 VIEW_SUFFIXES = ("front view", "side view", "back view", "overhead view")
-
-
 BETA_SCHEDULES = ("squaredcos_cap_v2",)
 
 
