@@ -50,7 +50,7 @@ from interfusion_jax.run_dir import load_run
 from interfusion_jax.scene import EVAL_VIEWS, VIEW_TABLE, scene_views
 from nerf import material
 from nerf.cameras import generate_rays
-from nerf.mesh import extract_mesh
+from nerf.mesh import surface_mesh
 from body import BodyPrior
 from pose import load_clip
 from interfusion_jax.mesh_raycast import render_reference
@@ -133,8 +133,9 @@ def field_region(density_fn, radius, resolution=GRID_RESOLUTION, density_scale=D
                          "grid; the field is broken")
     level = opaque_level(density_scale)
     surface = np.zeros((0, 3))
-    if density.min() < level < density.max():  # extract_mesh's condition for a surface
-        mesh = extract_mesh(density_fn, None, radius, resolution=resolution, threshold=level)
+    if density.min() < level < density.max():  # surface_mesh's condition for a surface
+        corner = np.full(3, float(radius))
+        mesh = surface_mesh(density, level, -corner, corner)
         surface = surface_points(mesh.vertices, mesh.faces, SURFACE_SAMPLES)
     return Region(density, density > level, surface, level, float(radius))
 

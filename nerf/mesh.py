@@ -82,8 +82,10 @@ def _density_grid(density_fn, lo, hi, resolution, chunk):
     return density
 
 
-def _surface(density, level, lo, hi, rule):
-    """Marching cubes of density [R,R,R] over [lo, hi] at `level` -> trimesh, outward faces."""
+def surface_mesh(density, level, lo, hi, rule="threshold"):
+    """Marching cubes of a density grid [R,R,R] whose nodes span the box [lo, hi] (lo, hi [3]) at
+    `level` -> trimesh, outward faces; ValueError (naming `rule`, the level's origin) when the grid
+    has no surface at that level."""
     dmin, dmax = float(density.min()), float(density.max())
     if not dmin < level < dmax:
         state = "empty" if level >= dmax else "full"
@@ -102,7 +104,7 @@ def _surface(density, level, lo, hi, rule):
 def _release_pass(density_fn, lo, hi, resolution, chunk):
     density = _density_grid(density_fn, lo, hi, resolution, chunk)
     level = release_threshold(density)
-    mesh = _surface(density, level, lo, hi, "release threshold")
+    mesh = surface_mesh(density, level, lo, hi, "release threshold")
     return remove_small_components(mesh), level
 
 
@@ -130,7 +132,7 @@ def extract_mesh(density_fn, albedo_fn, bound, resolution=128, threshold="releas
         rule = "automatic threshold" if threshold == "auto" else "threshold"
         level = (auto_threshold(density, 2.0 * bound / (resolution - 1)) if threshold == "auto"
                  else threshold)
-        mesh = _surface(density, level, box_lo, box_hi, rule)
+        mesh = surface_mesh(density, level, box_lo, box_hi, rule)
     if albedo_fn is not None:
         rgb = _evaluate(albedo_fn, np.asarray(mesh.vertices, np.float32), chunk, "mesh colours")
         alpha = np.full((len(rgb), 1), 255)

@@ -97,6 +97,12 @@ def test_contact_area_of_a_slab_above_the_body(body_surface):
     assert m.contact_area(dist, within=0.03) == pytest.approx((1 + 4 * 0.025) / 6, abs=0.004)
 
 
+def test_a_field_region_evaluates_the_field_once_per_node():
+    field, points = density(sphere_sdf((0, 0, 0), 0.5)), []
+    region = m.field_region(lambda x: points.append(len(x)) or field(x), RADIUS, RES)
+    assert len(region.surface) and sum(points) == 2 ** 18  # RES^3 = 64 000 nodes, one padded chunk
+
+
 def test_region_distance_is_zero_inside_and_infinite_without_a_region():
     ball = m.field_region(density(sphere_sdf((0, 0, 0), 0.5)), RADIUS, RES)
     d = m.region_distance(np.array([[0.0, 0, 0], [0.1, 0.2, 0], [0.8, 0, 0]]), ball)
