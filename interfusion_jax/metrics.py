@@ -50,7 +50,7 @@ from interfusion_jax.run_dir import load_run
 from interfusion_jax.scene import EVAL_VIEWS, VIEW_TABLE, scene_views
 from nerf import material
 from nerf.cameras import generate_rays
-from nerf.mesh import surface_mesh
+from nerf.mesh import grid_values, surface_mesh
 from body import BodyPrior
 from pose import load_clip
 from interfusion_jax.mesh_raycast import render_reference
@@ -71,26 +71,16 @@ RELEASE_SCENES = (
 )
 
 
-def grid_points(radius, resolution):
-    """The metric grid's nodes [R^3, 3] (float32, x-major), those of nerf.mesh.extract_mesh."""
-    axis = np.linspace(-radius, radius, resolution, dtype=np.float32)
-    return np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
-
-
 def node_spacing(radius, resolution):
     """Distance between neighbouring nodes of the grid, the side of the cube a node stands for."""
     return 2.0 * radius / (resolution - 1)
 
 
-def density_grid(density_fn, radius, resolution, chunk=2**18):
-    """density_fn (points [M,3] -> [M], called on chunks of `chunk` points as it is: a compiled
-    function, see nerf.mesh.extract_mesh) at the grid's nodes -> [R, R, R] float32."""
-    points = grid_points(radius, resolution)
-    n = len(points)
-    points = np.concatenate([points, np.zeros(((-n) % chunk, 3), np.float32)])
-    out = [np.asarray(density_fn(jnp.asarray(points[i:i + chunk])))
-           for i in tqdm(range(0, len(points), chunk), desc="metrics: density", leave=False)]
-    return np.concatenate(out)[:n].reshape((resolution,) * 3)
+def density_grid(density_fn, radius, resolution):
+    """density_fn (points [M,3] -> [M]; a compiled function, see nerf.mesh.extract_mesh) at the
+    grid's nodes, those of nerf.mesh.extract_mesh over the box -> [R, R, R] float32."""
+    corner = np.full(3, float(radius))
+    return grid_values(density_fn, -corner, corner, resolution, desc="metrics: density")
 
 
 def opaque_level(density_scale=DENSITY_SCALE):
@@ -237,8 +227,8 @@ def scene_metrics(object_density, human_density, body, radius, resolution=GRID_R
                   density_scale=DENSITY_SCALE, reference_object=None):
     """Geometry metrics of one scene (module docstring).
 
-    object_density, human_density: points [M,3] -> density [M] (compiled: see density_grid); body: (vertices [V,3],
-    faces [F,3]) of the guide body and reference_object: those of the reference object or None,
+    object_density, human_density: points [M,3] -> density [M] (compiled: see density_grid);
+    body: (vertices [V,3], faces [F,3]) of the guide body and reference_object: those of the reference object or None,
     closed meshes in the scene frame.
     """
     obj = field_region(object_density, radius, resolution, density_scale)

@@ -71,11 +71,17 @@ def remove_small_components(mesh, fraction=RELEASE_MIN_COMPONENT):
     return trimesh.util.concatenate([p for p in parts if len(p.faces) >= keep])
 
 
-def _density_grid(density_fn, lo, hi, resolution, chunk):
-    """Densities [R,R,R] on resolution³ vertices spanning the box [lo, hi] (lo, hi [3])."""
+def grid_values(fn, lo, hi, resolution, chunk=2**18, desc="mesh density"):
+    """fn (points [M,3] -> [M], called as it is on chunks of `chunk` points) on the resolution³
+    nodes spanning the box [lo, hi] (lo, hi [3]; float32 nodes, x-major) -> [R,R,R]."""
     axes = [np.linspace(a, b, resolution, dtype=np.float32) for a, b in zip(lo, hi)]
     grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-    density = _evaluate(density_fn, grid, chunk, "mesh density").reshape((resolution,) * 3)
+    return _evaluate(fn, grid, chunk, desc).reshape((resolution,) * 3)
+
+
+def _density_grid(density_fn, lo, hi, resolution, chunk):
+    """Densities [R,R,R] on resolution³ vertices spanning the box [lo, hi] (lo, hi [3])."""
+    density = grid_values(density_fn, lo, hi, resolution, chunk)
     if not np.all(np.isfinite(density)):
         raise ValueError(f"nerf.mesh: density grid has {np.sum(~np.isfinite(density))} non-finite "
                          "values; cannot extract a mesh")
