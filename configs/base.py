@@ -146,7 +146,9 @@ def get_config():
     # log_every: steps between metrics.jsonl rows; checkpoint_every: steps between checkpoints,
     # of which the newest keep_checkpoints stay; init_from: a run folder whose fields (not its
     # optimiser or grids) a new run starts from; compile_cache: JAX's persistent compilation
-    # cache in the user's cache folder ($XDG_CACHE_HOME/interfusion_jax/jax_compilation).
+    # cache in the user's cache folder ($XDG_CACHE_HOME/interfusion_jax/jax_compilation);
+    # profile_at: a step from which 5 training steps are traced with jax.profiler into
+    # RUN_DIR/profile (TensorBoard's profile plugin or Perfetto show it), 0 for none.
     c.train = ml_collections.ConfigDict(
         dict(
             max_steps=10000,
@@ -160,6 +162,7 @@ def get_config():
             object_center_density_scale=0.2,
             init_from="",
             compile_cache=True,
+            profile_at=0,
         )
     )
 

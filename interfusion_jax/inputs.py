@@ -75,6 +75,9 @@ def check_inputs(cfg):
         check_if_weights(cfg.guidance.model_dir)
     _check_value("test.mesh_format", lambda f: mesh_file_name("mesh", f), cfg.test.mesh_format)
     _check_value("test.mesh_threshold", parse_threshold, cfg.test.mesh_threshold)
+    if cfg.train.profile_at < 0:
+        raise UserError(f"{_flag('train.profile_at')}={cfg.train.profile_at}: a step (0 for no "
+                        "profile)")
     init_from = cfg.train.init_from
     if init_from and not complete_steps(os.path.join(init_from, "ckpt")):
         raise UserError(f"{_flag('train.init_from')}={init_from}: no complete checkpoint in "

@@ -1,10 +1,15 @@
-"""Wall time per phase of a run (build, first step, steps, validation, checkpoints, test videos,
-metrics, meshes), written to RUN_DIR/timings.json and summed up in the run's last line."""
+"""Where a run's time goes: wall time per phase (build, first step, steps, validation,
+checkpoints, test videos, metrics, meshes), written to RUN_DIR/timings.json and summed up in the
+run's last line; and on request a profiler trace of a few training steps (RUN_DIR/profile)."""
 import contextlib
 import json
 import time
 
+import jax
+
 from ifcommon import save_text
+
+PROFILE_STEPS = 5
 
 
 class PhaseTimer:
@@ -34,3 +39,33 @@ class PhaseTimer:
     def save(self, path):
         """{"seconds": {phase: s}, "counts": {phase: n}} as JSON."""
         save_text(path, json.dumps({"seconds": self.seconds, "counts": self.counts}, indent=2))
+
+
+class StepProfile:
+    """A jax.profiler trace of the training steps [at, at + PROFILE_STEPS) in `folder`, with a
+    Perfetto file (TensorBoard's profile plugin reads the folder too); at 0: none. The loop
+    calls `before_step` before it dispatches each step and `close` when it ends."""
+
+    def __init__(self, folder, at):
+        self.folder, self.at, self.active = folder, at, False
+
+    def before_step(self, step, state):
+        if self.at and step == self.at:
+            # Without Python's function calls: they are most of a step's events, and the
+            # Perfetto file keeps the first million.
+            options = jax.profiler.ProfileOptions()
+            options.python_tracer_level = 0
+            jax.profiler.start_trace(self.folder, create_perfetto_trace=True,
+                                     profiler_options=options)
+            self.active = True
+        elif step == self.at + PROFILE_STEPS:
+            self.close(state)
+
+    def close(self, state):
+        """Stop the trace, if on, once `state` (the last traced step's output) is computed."""
+        if self.active:
+            self.active = False
+            try:
+                jax.block_until_ready(state)
+            finally:
+                jax.profiler.stop_trace()

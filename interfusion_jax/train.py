@@ -34,7 +34,7 @@ from interfusion_jax.interrupt import StopRequest
 from interfusion_jax.metrics import run_metrics
 from interfusion_jax.run_log import RunLog
 from interfusion_jax.scene import object_center, run_body
-from interfusion_jax.timing import PhaseTimer
+from interfusion_jax.timing import PhaseTimer, StepProfile
 from interfusion_jax.train_step import init_state, make_scene_model, make_train_step
 from body import BodyPrior
 
@@ -237,6 +237,7 @@ def _loop(cfg, run_dir, built, state, val_render, ckpt, stop, timer):
     center_fn = make_center_fn(built.model, cfg)
     first, last = int(state.step), cfg.train.max_steps
     progress = Progress(cfg, run_dir, first, val_render, ckpt, timer)
+    profile = StepProfile(os.path.join(run_dir, "profile"), cfg.train.profile_at)
     if first < last:
         print("[interfusion] compiling the training step (a minute or two on a CPU)",
               file=sys.stderr)
@@ -246,6 +247,7 @@ def _loop(cfg, run_dir, built, state, val_render, ckpt, stop, timer):
             if center_due(cfg, step):
                 with timer("object centre"):
                     state = state.replace(center=center_fn(state.params["object"], state.center))
+            profile.before_step(step, state)
             state, metrics, _ = step_fn(state)
             if step == first:
                 first_step_done(t0, state.step, [timer])
@@ -259,6 +261,7 @@ def _loop(cfg, run_dir, built, state, val_render, ckpt, stop, timer):
                                    file=sys.stderr)
                 return state, stop.exit_status
     finally:
+        profile.close(state)
         progress.close()
         val_render.wait()
     return state, None

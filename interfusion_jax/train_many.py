@@ -329,6 +329,9 @@ def check_scenes(scenes, overwrite):
             check_inputs(scene.cfg)
         except UserError as e:
             raise UserError(f"{scene.source}: {e}") from None
+        if scene.cfg.train.profile_at:
+            raise UserError(f"{scene.source}: train.profile_at traces the steps of a single run; "
+                            "profile it with python -m interfusion_jax.train")
         if scene.run_dir is None and not overwrite and os.path.isdir(run_dir) \
                 and os.listdir(run_dir):
             raise UserError(f"{scene.source}: {run_dir} holds an earlier run: continue it by "

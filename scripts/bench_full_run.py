@@ -8,11 +8,13 @@ with reference guidance (--scene reference_chair) keeps it: no UNet, and a scene
 phases see as a real run's, where the stand-in's random guidance fills the box with fog.
 --startup_only makes the first run stop after its first step too: it only warms the cache.
 Prints one table: the phases of RUN_DIR/timings.json, the step time after the ambient-only phase
-(from metrics.jsonl), peak GPU memory (with preallocation off) and the wall time of both runs.
+(from metrics.jsonl), peak GPU memory (with preallocation off) and the wall time of both runs;
+with --trace STEP, first the device time per step by kernel of 5 steps traced from STEP.
 
     GPU:        XLA_PYTHON_CLIENT_PREALLOCATE=false python scripts/bench_full_run.py
                 python scripts/bench_full_run.py --scene reference_chair
                 python scripts/bench_full_run.py --startup_only
+                python scripts/bench_full_run.py --trace 2500 train.max_steps=3000
     CPU check:  python scripts/bench_full_run.py --small
 """
 import argparse
@@ -124,7 +126,8 @@ def step_ms_after(run_dir, step):
 
 
 def main():
-    from scripts.bench_train_step import print_table
+    from interfusion_jax.timing import PROFILE_STEPS
+    from scripts.bench_train_step import kernel_table, print_table
 
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -134,6 +137,9 @@ def main():
     ap.add_argument("--scene", default="sitting_on_a_chair")
     ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "bench_full_run"))
     ap.add_argument("--name", default="bench")
+    ap.add_argument("--trace", type=int, default=0, metavar="STEP",
+                    help="trace 5 training steps from STEP (train.profile_at) and print the "
+                         "device time per step by kernel")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--first_step_only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--t0", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -142,7 +148,11 @@ def main():
     if args.child:
         return child(args)
 
+    if args.trace:
+        args.overrides = args.overrides + [f"train.profile_at={args.trace}"]
     wall, res = run_child(args, args.name, first_step_only=args.startup_only)
+    if args.trace:
+        print(kernel_table(os.path.join(res["run_dir"], "profile"), PROFILE_STEPS))
     times = json.load(open(os.path.join(res["run_dir"], "timings.json")))
     # The first run's phases now, in case the second run does not finish.
     print(f"first run: {wall:.1f} s; {json.dumps(times['seconds'])}", file=sys.stderr, flush=True)

@@ -1,5 +1,6 @@
 """The interaction stage as users run it, at toy size: the command line, its outputs, resume,
 test and export from a checkpoint, run folders that never mix, skipped non-finite steps."""
+import gzip
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import trimesh
 
 from interfusion_jax.checkpoint import complete_steps, restore_checkpoint
 from interfusion_jax import train as train_module
+from interfusion_jax.timing import PROFILE_STEPS, StepProfile
 from interfusion_jax.train import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,7 +27,7 @@ TINY = ["train.max_steps=3", "train.val_every=2", "train.val_views=1", "train.lo
         "train.object_center_resolution=16", "test.views=2", "test.resolution=32",
         "test.mesh_resolution=24", "test.metrics_views=1", "test.metrics_grid=24",
         "render.width=16", "render.height=16", "body.prior_resolution=24",
-        "render.max_samples=16384"]
+        "render.max_samples=16384", "train.profile_at=1"]
 
 
 def run(*args):
@@ -102,6 +104,7 @@ def test_run_writes_every_output(run_dir):
     human = scene.geometry["human"]
     assert len(human.faces) > 0 and np.all(np.abs(human.vertices) <= 2.0 + 1e-4)
     assert json.load(open(os.path.join(run_dir, "metrics.json")))["step"] == 3
+    assert _executions_traced(os.path.join(run_dir, "profile"), "train_step") == 2  # 1 and 2
     assert not any(".tmp" in f for _, _, fs in os.walk(run_dir) for f in fs)
     # One size (validation and test are 32x32), compiled ahead after the first step, served the
     # renders of the later states: no second compilation.
@@ -213,6 +216,40 @@ def test_field_evaluation_compiles_once_for_both_fields_and_every_export(run_dir
     assert exports[1] == []
 
 
+def _executions_traced(folder, name):
+    """How many times the jitted function `name` ran in the Perfetto trace of folder."""
+    path = next(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs
+                if f == "perfetto_trace.json.gz")
+    with gzip.open(path) as f:
+        events = json.load(f)
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    calls, end = 0, -1.0
+    # A call is one event or two nested ones: count the outermost.
+    for ts, dur in sorted((e["ts"], -e["dur"]) for e in events
+                          if e.get("name") == f"PjitFunction({name})"):
+        if ts >= end:
+            calls, end = calls + 1, ts - dur
+    return calls
+
+
+def test_a_profile_traces_the_steps_from_profile_at(tmp_path):
+    @jax.jit
+    def step_fn(x):
+        return x * 2.0 + 1.0
+
+    for at, steps in ((3, 10), (3, 6), (0, 10)):
+        folder, x = str(tmp_path / f"profile_{at}_{steps}"), jax.numpy.ones(4)
+        profile = StepProfile(folder, at)
+        for step in range(steps):
+            profile.before_step(step, x)
+            x = step_fn(x)
+        profile.close(x)
+        if at:  # PROFILE_STEPS of them, or up to the loop's end
+            assert _executions_traced(folder, "step_fn") == min(PROFILE_STEPS, steps - at)
+        else:
+            assert not os.path.exists(folder)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--resume", "/nonexistent/run"], "--resume /nonexistent/run: no such folder"),
     (["--test", "{tmp}"], "not a run folder (no config.py)"),
@@ -227,6 +264,7 @@ def test_field_evaluation_compiles_once_for_both_fields_and_every_export(run_dir
      "--config.guidance.model_dir: IF model folder '/no/IF' does not exist"),
     (["--config", DEMO, "--config.test.mesh_format=stl"], "--config.test.mesh_format=stl"),
     (["--config", DEMO, "--config.train.init_from=/no/run"], "--config.train.init_from=/no/run"),
+    (["--config", DEMO, "--config.train.profile_at=-1"], "--config.train.profile_at=-1: a step"),
     (["--config", DEMO, "stray"], "unrecognised arguments: stray"),
 ])
 def test_bad_inputs_are_one_line_before_any_work(args, message, tmp_path, capsys):

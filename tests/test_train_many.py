@@ -136,6 +136,7 @@ def test_scenes_group_by_what_their_step_compiles_in():
     ([DEMO, "--set", "train.max_step=3"], "--set train.max_step=3: no such config key"),
     ([DEMO, "--set", "body.pose=preset:flying"], "unknown pose preset 'flying'"),
     ([DEMO, "--scenes_per_device", "0"], "--scenes_per_device 0: must be at least 1"),
+    ([DEMO, "--set", "train.profile_at=5"], "train.profile_at traces the steps of a single run"),
 ])
 def test_bad_arguments_are_one_line_before_any_work(args, message, tmp_path, capsys):
     scenes = next((i for i, a in enumerate(args) if a.startswith("--")), len(args))
