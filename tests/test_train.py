@@ -27,7 +27,7 @@ TINY = ["train.max_steps=3", "train.val_every=2", "train.val_views=1", "train.lo
         "train.object_center_resolution=16", "test.views=2", "test.resolution=32",
         "test.mesh_resolution=24", "test.metrics_views=1", "test.metrics_grid=24",
         "render.width=16", "render.height=16", "body.prior_resolution=24",
-        "render.max_samples=16384", "train.profile_at=1"]
+        "render.max_samples=16384"]
 
 
 def run(*args):
@@ -66,7 +66,8 @@ def run_dir(tmp_path_factory):
         with pytest.MonkeyPatch.context() as mp:
             # The evaluation renderer compiles ahead while training, as it does on a GPU.
             mp.setattr(train_module, "background_compiles_pay", lambda: True)
-            assert run("--config", DEMO, *flags(TINY + [f"output_dir={out}"])) == 0
+            assert run("--config", DEMO,
+                       *flags(TINY + [f"output_dir={out}", "train.profile_at=1"])) == 0
     finally:
         jax.config.update("jax_log_compiles", False)
         logging.getLogger().removeHandler(handler)
