@@ -264,11 +264,18 @@ def has_reference(cfg):
     return cfg.guidance.get("kind") == "reference" or bool(reference and reference.object_mesh)
 
 
-@functools.partial(jax.jit, static_argnames="parts")
-def _reference_rgb(scene, origins, directions, parts, shading):
-    """The reference scene's `parts` along rays [N,3] with a white background -> rgb [N,3]."""
-    shade_fn = functools.partial(material.shade, shading)
-    return render_reference(scene, origins, directions, {part: shade_fn for part in parts},
+@functools.partial(jax.jit, static_argnames=("v", "size"))
+def _reference_rgb(scene, camera, center, head, step, ambient_only_steps, v, size):
+    """View v (a VIEW_TABLE index) of the reference scene from one evaluation camera (c2w [4,4],
+    fovy, light [3]), shaded as the evaluation renders shade it, on a white background -> rgb
+    [size * size, 3]."""
+    c2w, fovy, light = camera
+    c2ws, lights = scene_views(c2w, light, center, head, (1.0,) * len(VIEW_TABLE))
+    shade_fn = functools.partial(material.shade,
+                                 material.eval_shading(lights[v], step, ambient_only_steps))
+    origins, directions = generate_rays(c2ws[v], fovy, size, size)
+    return render_reference(scene, origins, directions,
+                            {part: shade_fn for part in VIEW_TABLE[v].fields},
                             jnp.ones_like(origins))["rgb"]
 
 
@@ -280,15 +287,12 @@ def reference_psnr(run, scene, frames):
     n, size = frames.shape[0], frames.shape[2]
     cams = eval_circle(cfg, n)
     refs = np.zeros(frames.shape, np.float32)
+    evaluated = [v for v, view in enumerate(VIEW_TABLE) if view.evaluated]
     for i in tqdm(range(n), desc="metrics: reference views", leave=False):
-        c2ws, lights = scene_views(cams.c2w[i], cams.light_position[i], state.center,
-                                   run.model.head, (1.0,) * len(VIEW_TABLE))
-        evaluated = [(v, view) for v, view in enumerate(VIEW_TABLE) if view.evaluated]
-        for e, (v, view) in enumerate(evaluated):
-            shading = material.eval_shading(lights[v], state.step,
-                                            cfg.material.ambient_only_steps)
-            rgb = _reference_rgb(scene, *generate_rays(c2ws[v], cams.fovy[i], size, size),
-                                 view.fields, shading)
+        camera = (cams.c2w[i], cams.fovy[i], cams.light_position[i])
+        for e, v in enumerate(evaluated):
+            rgb = _reference_rgb(scene, camera, state.center, run.model.head, state.step,
+                                 cfg.material.ambient_only_steps, v, size)
             refs[i, e] = np.asarray(rgb).reshape(size, size, 3)
     return {f"psnr_{name}": psnr(frames[:, v] / 255.0, np.clip(refs[:, v], 0.0, 1.0))
             for v, name in enumerate(EVAL_VIEWS)}

@@ -4,6 +4,8 @@ Scene frame z-up; a camera at elevation e, azimuth a, distance d sits at
 (d cos e cos a, d cos e sin a, d sin e) and looks at the centre with +z up. Camera-to-world
 matrices follow OpenGL: the camera looks down its -z axis, x right, y up.
 """
+import functools
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -100,6 +102,9 @@ def random_camera(key, *, elevation_range, azimuth_range, distance_range, fovy_r
                   light)
 
 
+# One compiled program per n instead of some thirty single-operation ones: each costs a
+# compilation on an accelerator, and a run draws circles of three sizes.
+@functools.partial(jax.jit, static_argnames=("n", "endpoint"))
 def circle_cameras(n, *, elevation=10.0, distance=2.0, fovy=70.0, endpoint=True):
     """n evaluation cameras [n] on a circle, azimuth 0..360 degrees, light at the camera.
 
