@@ -2,8 +2,8 @@
 
 Evaluation cameras sit on a circle (elevation 10 degrees, distance 2, fov 70 in the release); the
 object, human and interaction views use the training offsets with scale 1. Rays are rendered in
-chunks under `lax.map`, so one compiled function serves any image size, with the complete renders
-of nerf.render: no ray of an evaluation image is cut short.
+chunks under `lax.map`, with the complete renders of nerf.render: no ray of an evaluation image is
+cut short. The two one-field views share one copy of the render's code (scene.map_single_views).
 
 The test writes, as the release does, a video per view and PNG frames per view and camera, plus a
 panel video of the interaction view's rgb | normal | opacity; the export writes the object and
@@ -25,10 +25,12 @@ import numpy as np
 import trimesh
 from tqdm import tqdm
 
-from interfusion_jax.scene import EVAL_VIEWS, FIELDS, VIEW_TABLE, render_view_complete, scene_views
+from interfusion_jax.scene import (EVAL_INDICES, EVAL_VIEWS, FIELDS, VIEW_TABLE, map_single_views,
+                                   scene_views)
 from nerf.cameras import circle_cameras, generate_rays
 from nerf.field import field_albedo
 from nerf.material import eval_shading
+from nerf.render import render_composite_complete, render_field_complete
 from nerf.mesh import export_mesh, extract_mesh, mesh_file_name
 from ifcommon import atomic_write, save_png
 
@@ -81,17 +83,26 @@ def make_eval_renderer(model, cfg, samples_per_ray=EVAL_SAMPLES_PER_RAY,
         march = dataclasses.replace(model.march, max_samples=chunk * samples_per_ray,
                                     max_candidates=chunk * candidates_per_ray)
         c2ws, lights = scene_views(c2w, light, center, model.head, (1.0,) * len(VIEW_TABLE))
-        images = []
-        for v, view in enumerate(VIEW_TABLE):
-            if not view.evaluated:
-                continue
-            shading = eval_shading(lights[v], step, ambient_only_steps)
-            fns = {f: model.field_fns(params[f], shading) for f in view.fields}
-            images.append(_render_chunked(
-                lambda o, d, view=view, fns=fns: render_view_complete(view, o, d, grids, fns,
-                                                                       march),
-                *generate_rays(c2ws[v], fovy, size, size), chunk))
-        rgb, normal, opacity = zip(*images)
+
+        def view_images(render_view, view_c2w):
+            return _render_chunked(render_view, *generate_rays(view_c2w, fovy, size, size), chunk)
+
+        def single(xs):
+            field_params, grid, view_c2w, view_light = xs
+            fns = model.field_fns(field_params, eval_shading(view_light, step, ambient_only_steps))
+            return view_images(lambda o, d: render_field_complete(o, d, grid, fns, march),
+                               view_c2w)
+
+        images = map_single_views(single, EVAL_INDICES, lambda v: (
+            params[VIEW_TABLE[v].fields[0]], grids[VIEW_TABLE[v].grid], c2ws[v], lights[v]))
+        for v in EVAL_INDICES:
+            if v not in images:  # a composite
+                shading = eval_shading(lights[v], step, ambient_only_steps)
+                obj, human = (model.field_fns(params[f], shading) for f in VIEW_TABLE[v].fields)
+                grid = grids[VIEW_TABLE[v].grid]
+                images[v] = view_images(
+                    lambda o, d: render_composite_complete(o, d, grid, obj, human, march), c2ws[v])
+        rgb, normal, opacity = zip(*(images[v] for v in EVAL_INDICES))
         rgb, normal, opacity = jnp.stack(rgb), jnp.stack(normal), jnp.stack(opacity)
         shape = (3, size, size)
         return dict(rgb=rgb.reshape(*shape, 3), normal=normal.reshape(*shape, 3),

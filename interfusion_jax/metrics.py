@@ -47,7 +47,7 @@ from tqdm import tqdm
 from ifcommon import command_line, save_text
 from interfusion_jax.evaluate import eval_circle, render_circle
 from interfusion_jax.run_dir import load_run
-from interfusion_jax.scene import EVAL_VIEWS, VIEW_TABLE, scene_views
+from interfusion_jax.scene import EVAL_INDICES, EVAL_VIEWS, VIEW_TABLE, scene_views
 from nerf import material
 from nerf.cameras import generate_rays
 from nerf.mesh import grid_values, surface_mesh
@@ -287,10 +287,9 @@ def reference_psnr(run, scene, frames):
     n, size = frames.shape[0], frames.shape[2]
     cams = eval_circle(cfg, n)
     refs = np.zeros(frames.shape, np.float32)
-    evaluated = [v for v, view in enumerate(VIEW_TABLE) if view.evaluated]
     for i in tqdm(range(n), desc="metrics: reference views", leave=False):
         camera = (cams.c2w[i], cams.fovy[i], cams.light_position[i])
-        for e, v in enumerate(evaluated):
+        for e, v in enumerate(EVAL_INDICES):
             rgb = _reference_rgb(scene, camera, state.center, run.model.head, state.step,
                                  cfg.material.ambient_only_steps, v, size)
             refs[i, e] = np.asarray(rgb).reshape(size, size, 3)

@@ -12,8 +12,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from nerf.render import (render_composite, render_composite_complete, render_field,
-                         render_field_complete)
+from nerf.render import render_composite, render_field
 from body import guide_body, load_body, load_pose
 
 
@@ -34,7 +33,8 @@ VIEW_TABLE = (
     View("head", ("human",), "human", (0.0, 1.0), False),
 )
 VIEWS = tuple(v.name for v in VIEW_TABLE)
-EVAL_VIEWS = tuple(v.name for v in VIEW_TABLE if v.evaluated)
+EVAL_INDICES = tuple(v for v, view in enumerate(VIEW_TABLE) if view.evaluated)
+EVAL_VIEWS = tuple(VIEW_TABLE[v].name for v in EVAL_INDICES)
 VIEW_PARTS = tuple(v.fields for v in VIEW_TABLE)
 FIELDS = ("object", "human")
 GRIDS = FIELDS + ("interaction",)
@@ -79,6 +79,16 @@ def stacked_shadings(draws):
     return stack("object"), stack("human")
 
 
+def map_single_views(fn, views, inputs):
+    """{v: fn(inputs(v))} for the views among `views` (VIEW_TABLE indices) that show one field,
+    as one lax.map over their stacked inputs: a compiled program then holds one copy of fn's
+    code for all of them instead of one each (renders are most of a render program's compile
+    time)."""
+    singles = [v for v in views if len(VIEW_TABLE[v].fields) == 1]
+    out = jax.lax.map(fn, jax.tree_util.tree_map(lambda *a: jnp.stack(a), *map(inputs, singles)))
+    return {v: jax.tree_util.tree_map(lambda a, i=i: a[i], out) for i, v in enumerate(singles)}
+
+
 def render_training_views(keys, rays, grids, params, shadings, field_fns, march):
     """The training renders of the four views, in VIEW_TABLE order: each view's field and grid,
     or for two fields the composite of both.
@@ -86,42 +96,25 @@ def render_training_views(keys, rays, grids, params, shadings, field_fns, march)
     keys [4,2]: one PRNG key per view; rays: per view (origins, directions) [N,3]; grids: GRIDS
     name -> OccupancyGrid; params: field name -> its params; shadings: {(view index, field):
     Shading}; field_fns(params, shading) -> nerf FieldFns.
-    The views of one field run as one lax.scan over them, so that the compiled step holds one
-    copy of the render's code instead of three: the renders are most of its compile time.
+    The views of one field run as one map_single_views.
     """
-    singles = [v for v, view in enumerate(VIEW_TABLE) if len(view.fields) == 1]
-
     def single(v):
         view = VIEW_TABLE[v]
         return (keys[v], rays[v], params[view.fields[0]], grids[view.grid],
                 shadings[(v, view.fields[0])])
 
-    def render_one(_, xs):
+    def render_one(xs):
         key, (origins, directions), field_params, grid, shading = xs
-        return None, render_field(key, origins, directions, grid,
-                                  field_fns(field_params, shading), march)
+        return render_field(key, origins, directions, grid, field_fns(field_params, shading),
+                            march)
 
-    _, stacked = jax.lax.scan(render_one, None,
-                              jax.tree_util.tree_map(lambda *a: jnp.stack(a),
-                                                     *map(single, singles)))
-    renders = {v: jax.tree_util.tree_map(lambda a, i=i: a[i], stacked)
-               for i, v in enumerate(singles)}
+    renders = map_single_views(render_one, range(len(VIEW_TABLE)), single)
     for v, view in enumerate(VIEW_TABLE):
         if v not in renders:
             renders[v] = render_composite(keys[v], *rays[v], grids[view.grid],
                                           *(field_fns(params[f], shadings[(v, f)])
                                             for f in view.fields), march)
     return [renders[v] for v in range(len(VIEW_TABLE))]
-
-
-def render_view_complete(view, origins, directions, grids, fns, march):
-    """The evaluation render of `view` (a View) along rays [N,3], no ray cut short: its grid,
-    its field (fns: field name -> nerf FieldFns) or, with two fields, the composite of both."""
-    grid = grids[view.grid]
-    if len(view.fields) == 1:
-        return render_field_complete(origins, directions, grid, fns[view.fields[0]], march)
-    return render_composite_complete(origins, directions, grid, *(fns[f] for f in view.fields),
-                                     march)
 
 
 def run_body(cfg):

@@ -98,3 +98,42 @@ def test_step_wiring_each_view_renders_its_fields_grid_shading_and_prompt(monkey
     assert [row[0] for row in texts] == [cfg.prompts.object, cfg.prompts.human,
                                          cfg.prompts.interaction, cfg.prompts.head]
     assert scene.VIEWS == ("object", "human", "interaction", "head")
+
+
+def test_eval_wiring_each_view_renders_its_field_grid_and_light(monkeypatch):
+    """The evaluation renderer follows the view table as the training step does: object, human
+    and interaction images in that order, each of its field(s), grid and light (the one-field
+    views run inside one lax.map, the interaction view as the composite)."""
+    from configs.base import get_config
+    from interfusion_jax import evaluate
+    from interfusion_jax.train_step import march_config
+
+    def images(n, code, composite):  # rgb carries the inputs, opacity says which renderer ran
+        return dict(comp_rgb=jnp.broadcast_to(code, (n, 3)), comp_normal=jnp.zeros((n, 3)),
+                    opacity=jnp.full((n,), composite, jnp.float32))
+
+    monkeypatch.setattr(evaluate, "render_field_complete", lambda o, d, grid, field, march:
+                        images(o.shape[0], jnp.stack([grid, field[0], field[1]]), 0.0))
+    monkeypatch.setattr(evaluate, "render_composite_complete", lambda o, d, grid, obj, hum, march:
+                        images(o.shape[0], jnp.stack([grid, obj[0] + hum[0], obj[1]]), 1.0))
+
+    cfg = get_config()
+
+    class FakeModel:
+        march = march_config(cfg)
+        head = jnp.zeros(3)
+
+        @staticmethod
+        def field_fns(params, shading):
+            return (params, shading.light_position[0])
+
+    render = evaluate.make_eval_renderer(FakeModel, cfg)
+    grids = {g: jnp.float32(i + 1) for i, g in enumerate(("object", "human", "interaction"))}
+    params = {"object": jnp.float32(10.0), "human": jnp.float32(20.0)}
+    center, light = jnp.array([10.0, 0.0, 0.0]), jnp.array([0.5, 0.0, 0.0])
+    out = render(params, grids, center, jnp.eye(4), jnp.float32(0.7), light, jnp.int32(0), 2)
+    got = np.asarray(out["rgb"][:, 0, 0]).tolist()
+    # grids: object 1, human 2, interaction 3; params: object 10, human 20; light x: 0.5 plus
+    # the view's offset of the object centre (object 1, human 0, interaction 0.5).
+    assert got == [[1.0, 10.0, 10.5], [2.0, 20.0, 0.5], [3.0, 30.0, 5.5]]
+    assert np.asarray(out["opacity"][:, 0, 0]).tolist() == [0.0, 0.0, 1.0]
