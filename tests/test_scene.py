@@ -60,7 +60,7 @@ def test_step_wiring_each_view_renders_its_fields_grid_shading_and_prompt(monkey
     from nerf.cameras import random_camera
 
     # Each fake render returns what it was given, so each view's result shows its inputs (the
-    # views of one field run inside one lax.scan, where nothing is concrete).
+    # views of one field run inside one lax.map, where nothing is concrete).
     monkeypatch.setattr(scene, "render_field", lambda key, o, d, grid, field, march: dict(
         composite=jnp.zeros((), bool), grid=grid, params=field[0], shading=field[1]))
     monkeypatch.setattr(scene, "render_composite", lambda key, o, d, grid, obj, hum, march: dict(
