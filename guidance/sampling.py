@@ -31,7 +31,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from guidance.if_unet import encode_text
-from guidance.sds import ddpm_alphas_cumprod
+from guidance.sds import ddpm_alphas_cumprod, text_rows
 
 VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
@@ -143,21 +143,6 @@ def _ddpm_update(config: SchedulerConfig, c, model_output, t, sample, noise):
     return mean + jnp.where(t > 0, std * noise, 0.0)
 
 
-def _check_embeddings(cond_emb, uncond_emb):
-    """Returns N, the images' count, after checking cond_emb [N,L,D] and uncond_emb [L,D] or [N,L,D] (or
-    TextContexts of such rows, leaf by leaf)."""
-    def check(cond, uncond):
-        if cond.ndim < 2 or uncond.shape not in (cond.shape[1:], cond.shape):
-            raise ValueError(f"Sampling: cond_emb must be [N,L,D] and uncond_emb [L,D] or [N,L,D]; got "
-                             f"{cond.shape} and {uncond.shape}.")
-        return cond.shape[0]
-
-    counts = set(jax.tree_util.tree_leaves(jax.tree_util.tree_map(check, cond_emb, uncond_emb)))
-    if len(counts) != 1:
-        raise ValueError(f"Sampling: the text's rows disagree ({sorted(counts)}).")
-    return counts.pop()
-
-
 def _per_image_uncond(cond_emb, uncond_emb) -> bool:
     """Whether uncond_emb has a row per image, as cond_emb has, rather than one row for all."""
     return jax.tree_util.tree_leaves(uncond_emb)[0].ndim == jax.tree_util.tree_leaves(cond_emb)[0].ndim
@@ -226,7 +211,7 @@ def sample_ddpm(unet_fn, params, key, cond_emb, uncond_emb, image_size: int, num
     over the mesh's devices (N a multiple of their number, one key per image), params replicated. cond_emb
     and uncond_emb may be TextContexts of the embeddings (UNetApply.text_context) for an IF UNet's unet_fn.
     Returns [N,S,S,channels] in [−1, 1] (float32)."""
-    n = _check_embeddings(cond_emb, uncond_emb)
+    n = text_rows(cond_emb, uncond_emb, "Sampling")
     if _per_image(key) and key.shape[0] != n:
         raise ValueError(f"Sampling: {key.shape[0]} per-image keys for {n} images.")
     if mesh is not None and (not _per_image(key) or n % mesh.size):
@@ -282,7 +267,7 @@ def sample_stage2(unet_fn, params, key, low_res, cond_emb, uncond_emb, num_steps
     image, upsampled (bilinear, align_corners) and noised to `noise_level` with the noising scheduler's
     schedule, is concatenated to the UNet input; the level is the UNet's class label. Defaults are
     IFSuperResolutionPipeline's (50 steps, guidance 4, noise level 250). key and mesh as sample_ddpm."""
-    n = _check_embeddings(cond_emb, uncond_emb)
+    n = text_rows(cond_emb, uncond_emb, "Sampling")
     if low_res.ndim != 4 or low_res.shape[-1] != 3 or low_res.shape[0] != n:
         raise ValueError(f"sample_stage2: low_res must be [N,h,w,3] in [0,1] with N = {n}; got "
                          f"{low_res.shape}.")

@@ -63,22 +63,31 @@ def _weight(weighting: str, alpha_bar):
     return alpha_bar ** 0.5 * (1.0 - alpha_bar)  # fantasia3d
 
 
+def text_rows(cond_emb, uncond_emb, who: str) -> int:
+    """N, the rows of cond_emb [N,L,D], after checking that uncond_emb is [L,D] or [N,L,D]; either may be a
+    pytree of such arrays (an IF UNet's TextContext), checked leaf by leaf. Errors start with `who`."""
+    def check(cond, uncond):
+        if cond.ndim < 2 or uncond.shape not in (cond.shape[1:], cond.shape):
+            raise ValueError(f"{who}: cond_emb must be [N,L,D] (or a TextContext of N rows) and uncond_emb [L,D] "
+                             f"or [N,L,D]; got {cond.shape} and {uncond.shape}.")
+        return cond.shape[0]
+
+    counts = set(jax.tree_util.tree_leaves(jax.tree_util.tree_map(check, cond_emb, uncond_emb)))
+    if len(counts) != 1:
+        raise ValueError(f"{who}: the text's rows disagree ({sorted(counts)}).")
+    return counts.pop()
+
+
 def _check_inputs(images, cond_emb, uncond_emb):
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"SDS: images must be [N,H,W,3] (NHWC, RGB in [0,1]); got shape {images.shape}.")
     if not jnp.issubdtype(images.dtype, jnp.floating):
         raise ValueError(f"SDS: images must be floating point in [0,1]; got dtype {images.dtype} "
                          "(convert uint8 images with x / 255).")
-    n = images.shape[0]
-
-    def check(cond, uncond):
-        if cond.ndim < 2 or cond.shape[0] != n:
-            raise ValueError(f"SDS: cond_emb must be [N,L,D] (or a TextContext of N rows) with N={n} (one per "
-                             f"image); got {cond.shape}.")
-        if uncond.shape not in (cond.shape[1:], cond.shape):
-            raise ValueError(f"SDS: uncond_emb must be [L,D] or [N,L,D] = {cond.shape}; got {uncond.shape}.")
-
-    jax.tree_util.tree_map(check, cond_emb, uncond_emb)
+    n = text_rows(cond_emb, uncond_emb, "SDS")
+    if n != images.shape[0]:
+        raise ValueError(f"SDS: cond_emb must be [N,L,D] (or a TextContext of N rows) with N={images.shape[0]} "
+                         f"(one per image); got {n} rows.")
 
 
 def to_model_space(images, image_size: int = 64):

@@ -11,7 +11,6 @@ human meshes, the guide body, and scene.glb with all three as separate nodes.
 """
 import concurrent.futures
 import contextlib
-import functools
 import dataclasses
 import os
 import sys
@@ -28,7 +27,6 @@ from tqdm import tqdm
 from interfusion_jax.scene import (EVAL_INDICES, EVAL_VIEWS, FIELDS, VIEW_TABLE, map_single_views,
                                    scene_views)
 from nerf.cameras import circle_cameras, generate_rays
-from nerf.field import field_albedo
 from nerf.material import eval_shading
 from nerf.render import render_composite_complete, render_field_complete
 from nerf.mesh import export_mesh, extract_mesh, mesh_file_name
@@ -262,9 +260,10 @@ def save_test(render, state, cfg, out_dir):
 
 
 def _field_mesh(state, model, cfg, name):
-    albedo = functools.partial(field_albedo, model.field, state.params[name]["field"])
-    mesh = extract_mesh(model.compiled_density(state.params[name]), albedo, cfg.field.radius,
-                        resolution=cfg.test.mesh_resolution, threshold=cfg.test.mesh_threshold)
+    params = state.params[name]
+    mesh = extract_mesh(model.compiled_density(params), model.compiled_albedo(params),
+                        cfg.field.radius, resolution=cfg.test.mesh_resolution,
+                        threshold=cfg.test.mesh_threshold)
     print(f"[interfusion] mesh {name}: density threshold {mesh.metadata['threshold']:.4g} "
           f"({cfg.test.mesh_threshold}), {len(mesh.faces)} faces", file=sys.stderr)
     return mesh

@@ -76,11 +76,16 @@ def node_spacing(radius, resolution):
     return 2.0 * radius / (resolution - 1)
 
 
+def _box(radius):
+    """The box [-radius, radius]^3 as its corners (lo [3], hi [3])."""
+    corner = np.full(3, float(radius))
+    return -corner, corner
+
+
 def density_grid(density_fn, radius, resolution):
     """density_fn (points [M,3] -> [M]; a compiled function, see nerf.mesh.extract_mesh) at the
     grid's nodes, those of nerf.mesh.extract_mesh over the box -> [R, R, R] float32."""
-    corner = np.full(3, float(radius))
-    return grid_values(density_fn, -corner, corner, resolution, desc="metrics: density")
+    return grid_values(density_fn, *_box(radius), resolution, desc="metrics: density")
 
 
 def opaque_level(density_scale=DENSITY_SCALE):
@@ -124,8 +129,7 @@ def field_region(density_fn, radius, resolution=GRID_RESOLUTION, density_scale=D
     level = opaque_level(density_scale)
     surface = np.zeros((0, 3))
     if density.min() < level < density.max():  # surface_mesh's condition for a surface
-        corner = np.full(3, float(radius))
-        mesh = surface_mesh(density, level, -corner, corner)
+        mesh = surface_mesh(density, level, *_box(radius))
         surface = surface_points(mesh.vertices, mesh.faces, SURFACE_SAMPLES)
     return Region(density, density > level, surface, level, float(radius))
 

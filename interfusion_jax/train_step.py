@@ -18,7 +18,8 @@ from interfusion_jax.scene import (FIELDS, GRIDS, SHADING_DRAWS, VIEW_TABLE, VIE
                                    render_training_views, scene_views, stacked_shadings)
 from nerf.background import Background
 from nerf.cameras import generate_rays, random_camera
-from nerf.field import field_density, field_from_config, make_density_fn, make_radiance_fn
+from nerf.field import (field_albedo, field_density, field_from_config, make_density_fn,
+                        make_radiance_fn)
 from nerf.material import sample_shading
 from nerf.occupancy import init_grid, update_grid
 from nerf.render import FieldFns
@@ -63,6 +64,10 @@ class SceneModel(NamedTuple):
         """density_fn of one field for evaluation outside the training step (grids, meshes,
         metrics): nerf.field.field_density with the field's parameters bound."""
         return functools.partial(field_density, self.field, params["field"])
+
+    def compiled_albedo(self, params):
+        """The same for the albedo (nerf.field.field_albedo)."""
+        return functools.partial(field_albedo, self.field, params["field"])
 
     def field_fns(self, params, shading):
         radiance = make_radiance_fn(self.field)
