@@ -221,8 +221,8 @@ def _complete(pass_fn, num_rays, march, bg):
     return dict(**_images(sums, bg), passes=passes, truncated_rays=jnp.mean(start < steps))
 
 
-def _unbounded(march):
-    return dataclasses.replace(march, max_rounds=2**30)
+def _complete_march(march):
+    return dataclasses.replace(march, max_rounds=None)
 
 
 def render_field_complete(origins, directions, grid, field, march, *, background="white"):
@@ -231,7 +231,7 @@ def render_field_complete(origins, directions, grid, field, march, *, background
     background: "field" or "white". Returns comp_rgb, comp_rgb_fg, opacity, depth, comp_normal,
     passes (sampler passes run) and truncated_rays (0).
     """
-    march = _unbounded(march)
+    march = _complete_march(march)
     bg = _pick_background(None, dict(field=field.background(directions)), background)
     return _complete(
         lambda start, trans0: _field_pass(None, origins, directions, grid, field, march, start,
@@ -243,7 +243,7 @@ def render_composite_complete(origins, directions, grid, obj, human, march, *,
                               background="white"):
     """Deterministic composite render in which no ray is cut short (evaluation); background
     "object", "human" or "white". Returns as render_field_complete."""
-    march = _unbounded(march)
+    march = _complete_march(march)
     bg = _pick_background(None, dict(object=obj.background(directions),
                                      human=human.background(directions)), background)
     return _complete(

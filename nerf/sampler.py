@@ -10,7 +10,10 @@ survivors are the samples, compacted into `max_samples` slots so that the networ
 nerfacc has no cap; a fixed buffer does. Two rules keep a full buffer from stripping whole rays:
 - Pruning evaluates the candidates in rounds of `max_candidates`. Each round gives every ray that
   is still open (not yet opaque, candidates left) its next candidates in march order, shared out
-  fairly (below); a ray leaves once its transmittance falls under `early_stop_eps`.
+  fairly (below); a ray leaves once its transmittance falls under `early_stop_eps`. A complete
+  render's march (max_rounds None) runs rounds until its kept samples fill the buffer: what
+  would not fit is cut and evaluated again by the render's next pass, so evaluating it first
+  only wastes work (a quadratic amount for rays through a faint fog).
 - Whatever does not fit is cut from the far end of rays. Budgets are shared by a water level: with
   n_i wanted entries for ray i, every ray keeps its first min(n_i, c) entries for the largest c
   that fits, and the remainder of the budget gives one more entry to the first rays that want it.
@@ -38,14 +41,15 @@ class MarchConfig:
     1.732 * 2 * radius / 512, alpha threshold 0.01).
 
     max_samples: sample slots of one render (the networks run on every slot). max_candidates:
-    candidates whose density one pruning round evaluates; max_rounds: pruning rounds at most.
+    candidates whose density one pruning round evaluates; max_rounds: pruning rounds at most, or
+    None: rounds until the kept samples fill max_samples or every ray is done (complete renders).
     """
 
     radius: float
     num_steps_per_diagonal: int
     max_samples: int
     max_candidates: int
-    max_rounds: int
+    max_rounds: int | None
     alpha_threshold: float
     early_stop_eps: float = 1e-4
 
@@ -256,11 +260,13 @@ def _prune(candidates, point_of, density_fn, trans0, thresh, march):
         return (pos <= last_candidate) & (ray_trans >= march.early_stop_eps)
 
     def cond(carry):
-        rounds, pos, ray_trans = carry[:3]
-        return (rounds < march.max_rounds) & jnp.any(open_ray(pos, ray_trans))
+        rounds, pos, ray_trans, *_, num_kept = carry
+        more = (num_kept < march.max_samples if march.max_rounds is None
+                else rounds < march.max_rounds)
+        return more & jnp.any(open_ray(pos, ray_trans))
 
     def body(carry):
-        rounds, pos, ray_trans, kept, trans, evaluated, nan_count = carry
+        rounds, pos, ray_trans, kept, trans, evaluated, nan_count, num_kept = carry
         before = jnp.where(pos > 0, jnp.take_along_axis(
             running, jnp.clip(pos - 1, 0, m - 1)[:, None], axis=1)[:, 0], 0)
         quota = fair_quota(jnp.where(open_ray(pos, ray_trans), total - before, 0),
@@ -282,12 +288,13 @@ def _prune(candidates, point_of, density_fn, trans0, thresh, march):
                 kept.at[ray, col].set(keep, mode="drop"),
                 trans.at[ray, col].set(in_front, mode="drop"),
                 evaluated + jnp.sum(valid, dtype=jnp.int32),
-                nan_count + jnp.sum(nan, dtype=jnp.int32))
+                nan_count + jnp.sum(nan, dtype=jnp.int32),
+                num_kept + jnp.sum(keep, dtype=jnp.int32))
 
     zero = jnp.zeros((), jnp.int32)
     carry = (zero, jnp.zeros(num_rays, jnp.int32), trans0, jnp.zeros_like(candidates),
-             jnp.ones((num_rays, m)), zero, zero)
-    rounds, pos, ray_trans, kept, trans, evaluated, nan_count = jax.lax.while_loop(
+             jnp.ones((num_rays, m)), zero, zero, zero)
+    rounds, pos, ray_trans, kept, trans, evaluated, nan_count, _ = jax.lax.while_loop(
         cond, body, carry)
     unfinished = open_ray(pos, ray_trans)
     return kept, trans, ray_trans, jnp.where(unfinished, pos, m), evaluated, nan_count, rounds

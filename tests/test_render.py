@@ -321,6 +321,31 @@ def test_cut_rays_are_measured_and_the_complete_render_cuts_none():
                                atol=1e-4)
 
 
+def fog_density(x):
+    """A faint fog (alpha 0.02 a step) filling the box: every candidate is kept."""
+    return jnp.full(x.shape[:-1], -jnp.log(0.98) / RELEASE.step_size)
+
+
+def test_a_complete_march_prunes_only_until_its_buffer_is_full():
+    o, d = camera_rays()
+    n = o.shape[0]
+    fog = make_field(fog_density)
+    tight = dataclasses.replace(RELEASE, max_samples=n, max_candidates=4 * n, max_rounds=None)
+    samples = sample_rays(None, o, d, init_grid(), fog.density, tight)
+    # one round fills the buffer; evaluating the rays to their ends would be done again by the
+    # next passes, which resume where this one cut
+    assert int(samples.rounds) == 1 and int(samples.num_candidates) <= 4 * n
+    assert float(jnp.mean(samples.truncated)) > 0.5
+    complete = jax.jit(lambda o, d: render_field_complete(o, d, init_grid(), fog, tight))(o, d)
+    roomy = dataclasses.replace(RELEASE, max_samples=2**17, max_candidates=2**18)
+    ample = render_field(None, o, d, init_grid(), fog, roomy, stratified=False, background="white")
+    assert float(ample["truncated_rays"]) == 0 and float(complete["truncated_rays"]) == 0
+    assert int(complete["passes"]) > 50
+    for key in ("comp_rgb", "opacity", "depth", "comp_normal"):
+        np.testing.assert_allclose(np.asarray(complete[key]), np.asarray(ample[key]), atol=1e-4,
+                                   err_msg=key)
+
+
 def _searching(monkeypatch, fn):
     """fn() with the sampler searching its tables whatever their size."""
     with monkeypatch.context() as m:
