@@ -50,7 +50,7 @@ from interfusion_jax.run_dir import load_run
 from interfusion_jax.scene import EVAL_INDICES, EVAL_VIEWS, VIEW_TABLE, scene_views
 from nerf import material
 from nerf.cameras import generate_rays
-from nerf.mesh import grid_values, surface_mesh
+from nerf.mesh import box_corners, grid_values, surface_mesh
 from body import BodyPrior
 from pose import load_clip
 from interfusion_jax.mesh_raycast import render_reference
@@ -76,16 +76,10 @@ def node_spacing(radius, resolution):
     return 2.0 * radius / (resolution - 1)
 
 
-def _box(radius):
-    """The box [-radius, radius]^3 as its corners (lo [3], hi [3])."""
-    corner = np.full(3, float(radius))
-    return -corner, corner
-
-
 def density_grid(density_fn, radius, resolution):
     """density_fn (points [M,3] -> [M]; a compiled function, see nerf.mesh.extract_mesh) at the
     grid's nodes, those of nerf.mesh.extract_mesh over the box -> [R, R, R] float32."""
-    return grid_values(density_fn, *_box(radius), resolution, desc="metrics: density")
+    return grid_values(density_fn, *box_corners(radius), resolution, desc="metrics: density")
 
 
 def opaque_level(density_scale=DENSITY_SCALE):
@@ -129,7 +123,7 @@ def field_region(density_fn, radius, resolution=GRID_RESOLUTION, density_scale=D
     level = opaque_level(density_scale)
     surface = np.zeros((0, 3))
     if density.min() < level < density.max():  # surface_mesh's condition for a surface
-        mesh = surface_mesh(density, level, *_box(radius))
+        mesh = surface_mesh(density, level, *box_corners(radius))
         surface = surface_points(mesh.vertices, mesh.faces, SURFACE_SAMPLES)
     return Region(density, density > level, surface, level, float(radius))
 

@@ -114,6 +114,11 @@ def _release_pass(density_fn, lo, hi, resolution, chunk):
     return remove_small_components(mesh), level
 
 
+def box_corners(bound):
+    """The box [-bound, bound]^3 as its corners (lo [3], hi [3]), float64."""
+    return np.full(3, -bound, np.float64), np.full(3, bound, np.float64)
+
+
 def extract_mesh(density_fn, albedo_fn, bound, resolution=128, threshold="release", chunk=2**18):
     """A surface of `density_fn` in the box [−bound, bound]³ by marching cubes on resolution³
     vertices.
@@ -126,7 +131,7 @@ def extract_mesh(density_fn, albedo_fn, bound, resolution=128, threshold="releas
     `metadata["threshold"]` is the level used (the second pass's, for "release").
     """
     threshold = parse_threshold(threshold)
-    box_lo, box_hi = np.full(3, -bound, np.float64), np.full(3, bound, np.float64)
+    box_lo, box_hi = box_corners(bound)
     if threshold == "release":
         coarse, _ = _release_pass(density_fn, box_lo, box_hi, resolution, chunk)
         vmin, vmax = coarse.vertices.min(0), coarse.vertices.max(0)

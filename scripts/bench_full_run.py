@@ -138,8 +138,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "bench_full_run"))
     ap.add_argument("--name", default="bench")
     ap.add_argument("--trace", type=int, default=0, metavar="STEP",
-                    help="trace 5 training steps from STEP (train.profile_at) and print the "
-                         "device time per step by kernel")
+                    help=f"trace {PROFILE_STEPS} training steps from STEP (train.profile_at) "
+                         "and print the device time per step by kernel")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--first_step_only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--t0", type=float, default=0.0, help=argparse.SUPPRESS)
