@@ -6,6 +6,8 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -362,3 +364,20 @@ def test_log_rows_read_a_step_only_once_the_next_is_dispatched(tmp_path, monkeyp
     assert [r["step"] for r in rows] == [0, 2, 4, 6]
     assert [r["loss"] for r in rows] == [1.0, 3.0, 5.0, 7.0]
     assert saved == [7]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_compile_cache_keeps_small_programs_unless_turned_off(enabled, tmp_path):
+    """A fresh process (JAX's cache settings are process-wide): with train.compile_cache, even a
+    program that compiles in milliseconds lands in the user's cache folder; without it, none."""
+    code = ("import sys, jax, jax.numpy as jnp\n"
+            "from interfusion_jax.config import load_config\n"
+            "from interfusion_jax.train import use_compile_cache\n"
+            "use_compile_cache(load_config(sys.argv[1], [sys.argv[2]]))\n"
+            "jax.jit(lambda x: x * 3 + 1)(jnp.arange(4.0)).block_until_ready()\n")
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path), PYTHONPATH=ROOT)
+    subprocess.run([sys.executable, "-c", code, DEMO, f"train.compile_cache={enabled}"],
+                   env=env, check=True, cwd=tmp_path)
+    folder = tmp_path / "interfusion_jax" / "jax_compilation"
+    entries = [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
+    assert bool(entries) == enabled, entries
