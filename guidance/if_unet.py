@@ -243,7 +243,10 @@ class GroupNorm(nn.Module):
     """Group norm over channels (last axis); statistics over every axis after the first `batch_dims`.
 
     batch_dims=1 on [B, H, W, C] is torch's GroupNorm; num_groups=1 with batch_dims=x.ndim-1 is LayerNorm.
-    Statistics in float32 (two-pass variance) whatever the input dtype.
+    Statistics in float32 (two-pass variance) whatever the input dtype. Each pass sums per channel
+    over the positions first and then over a group's channels: on NHWC activations the positions
+    are the major axes, a reduction XLA runs as one coalesced kernel, where reducing positions and
+    a group's channels at once is not one.
     """
     num_groups: int
     epsilon: float
@@ -257,13 +260,16 @@ class GroupNorm(nn.Module):
             raise ValueError(f"GroupNorm {self.name}: {c} channels do not split into {self.num_groups} groups.")
         scale = self.param("scale", nn.initializers.ones, (c,))
         bias = self.param("bias", nn.initializers.zeros, (c,))
-        shape = x.shape
-        xg = x.astype(jnp.float32).reshape(shape[:self.batch_dims] + (-1, self.num_groups, c // self.num_groups))
-        axes = (self.batch_dims, self.batch_dims + 2)
-        mean = xg.mean(axis=axes, keepdims=True)
-        centred = xg - mean
-        var = jnp.square(centred).mean(axis=axes, keepdims=True)
-        y = (centred * jax.lax.rsqrt(var + self.epsilon)).reshape(shape)
+        lead, positions = x.shape[:self.batch_dims], tuple(range(self.batch_dims, x.ndim - 1))
+        per_group = c // self.num_groups
+
+        def group_mean(t):  # [*lead, *positions, C] -> per group, broadcast back to its channels
+            t = t.mean(axis=positions).reshape(lead + (self.num_groups, per_group)).mean(-1)
+            return jnp.repeat(t, per_group, axis=-1).reshape(lead + (1,) * len(positions) + (c,))
+
+        xf = x.astype(jnp.float32)
+        centred = xf - group_mean(xf)
+        y = centred * jax.lax.rsqrt(group_mean(jnp.square(centred)) + self.epsilon)
         return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
 
 
