@@ -65,7 +65,7 @@ def stand_in_params(module, key, dtype="float32"):
         treedef, [leaf(i, path, x.shape) for i, (path, x) in enumerate(paths)])
 
 
-def _timed(fn, sync, warmup: int, iters: int) -> float:
+def timed(fn, sync, warmup: int, iters: int) -> float:
     """Median milliseconds of fn() over iters runs, after warmup runs."""
     for _ in range(warmup):
         sync(fn())
@@ -118,11 +118,11 @@ def torch_phase(args):
         for b in (2, 8):
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
-            log[f"torch_ms_b{b}"] = _timed(lambda: model(**cast(b)).sample, sync, args.warmup, args.iters)
+            log[f"torch_ms_b{b}"] = timed(lambda: model(**cast(b)).sample, sync, args.warmup, args.iters)
             if cuda:
                 log[f"torch_peak_gb_b{b}"] = torch.cuda.max_memory_allocated() / 2**30
         quarters = [{k: v[2 * i:2 * i + 2] for k, v in cast(8).items()} for i in range(4)]
-        log["torch_ms_4x_b2"] = _timed(lambda: [model(**q).sample for q in quarters], sync, args.warmup, args.iters)
+        log["torch_ms_4x_b2"] = timed(lambda: [model(**q).sample for q in quarters], sync, args.warmup, args.iters)
 
         # fp32 reference from the same (fp16-valued) weights, TF32 off: the yardstick for both low precisions
         torch.backends.cudnn.allow_tf32 = False
@@ -194,21 +194,21 @@ def jax_phase(args, log):
             continue
         log[f"relerr_jax_{impl}"] = rel(out, ref)
         log[f"relerr_jax_vs_torch_lowp_{impl}"] = rel(out, lowp)
-        log[f"jax_ms_b8_{impl}"] = _timed(lambda: fwd({"params": params}, *batch(8)), sync, args.warmup, args.iters)
+        log[f"jax_ms_b8_{impl}"] = timed(lambda: fwd({"params": params}, *batch(8)), sync, args.warmup, args.iters)
         forwards[impl] = fwd
     if not forwards:
         raise RuntimeError(f"No attention implementation ran: {log}")
     best = min(forwards, key=lambda impl: log[f"jax_ms_b8_{impl}"])
     log["jax_attention"] = best
     fwd = forwards[best]
-    log["jax_ms_b2"] = _timed(lambda: fwd({"params": params}, *batch(2)), sync, args.warmup, args.iters)
+    log["jax_ms_b2"] = timed(lambda: fwd({"params": params}, *batch(2)), sync, args.warmup, args.iters)
 
     # One 4-prompt SDS evaluation: four (noisy image, prompt) pairs with their unconditional twins in a
     # single batch-8 UNet call, then guidance. (Same shapes as the b8 forward: no new compile.)
     x_t, t, text = batch(4)
     sds_in = (jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]), jnp.concatenate([text, jnp.zeros_like(text)]))
     guide = jax.jit(_guided_eps)
-    log["jax_ms_sds4"] = _timed(lambda: guide(fwd({"params": params}, *sds_in)), sync, args.warmup, args.iters)
+    log["jax_ms_sds4"] = timed(lambda: guide(fwd({"params": params}, *sds_in)), sync, args.warmup, args.iters)
     stats = jax.devices()[0].memory_stats() or {}
     log["jax_peak_gb"] = stats.get("peak_bytes_in_use", float("nan")) / 2**30
     return log
