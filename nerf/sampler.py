@@ -289,7 +289,8 @@ def _prune(candidates, point_of, density_fn, trans0, thresh, march):
                 trans.at[ray, col].set(in_front, mode="drop"),
                 evaluated + jnp.sum(valid, dtype=jnp.int32),
                 nan_count + jnp.sum(nan, dtype=jnp.int32),
-                num_kept + jnp.sum(keep, dtype=jnp.int32))
+                # Only a complete march's rounds stop on it; a capped march skips the sum.
+                num_kept + (jnp.sum(keep, dtype=jnp.int32) if march.max_rounds is None else 0))
 
     zero = jnp.zeros((), jnp.int32)
     carry = (zero, jnp.zeros(num_rays, jnp.int32), trans0, jnp.zeros_like(candidates),
