@@ -17,6 +17,7 @@ import math
 import os
 import re
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -26,7 +27,7 @@ import numpy as np
 from flax import traverse_util
 from tqdm import tqdm
 
-from guidance.safetensors_io import assemble_params, find_checkpoint, load_safetensors
+from guidance.safetensors_io import assemble_params, dense_kernel, find_checkpoint, load_safetensors
 
 MAX_LENGTH = 77
 WEIGHTS_PREFIX = "model"
@@ -165,7 +166,7 @@ def _flax_path(key: str) -> tuple | None:
     return (f"block_{block}", attn or ffn, "kernel")
 
 
-def convert_t5_state_dict(tensors: dict, expected: dict, dtype, source: str) -> dict:
+def convert_t5_state_dict(tensors: Mapping, expected: dict, dtype, source: str) -> dict:
     """transformers-named tensors -> T5Encoder params shaped like `expected`; errors name unused keys,
     missing parameters and shape mismatches. `shared.weight` and `encoder.embed_tokens.weight` are the
     same tied embedding: either (or both) may be present."""
@@ -178,7 +179,7 @@ def convert_t5_state_dict(tensors: dict, expected: dict, dtype, source: str) -> 
         elif path not in by_path or key == "shared.weight":
             by_path[path] = key
     # Linear [out, in] -> Dense [in, out].
-    layout = lambda array, path: array.T if path[-1] == "kernel" else array  # noqa: E731
+    layout = lambda array, path: dense_kernel(array) if path[-1] == "kernel" else array  # noqa: E731
     return assemble_params(tensors, by_path, unused, expected, layout, dtype, source, "T5 encoder")
 
 
@@ -247,6 +248,27 @@ class T5TextEncoder:
         return embeddings, mask
 
 
+def load_t5_weights(text_encoder_dir: str, dtype=jnp.float32, variant: str | None = None):
+    """(T5Encoder, params) from `text_encoder_dir` (config.json and the safetensors of `variant`, as
+    load_t5_encoder's)."""
+    if jnp.dtype(dtype) == jnp.float16:
+        raise ValueError("load_t5_encoder: dtype float16 overflows in T5 v1.1; use float32 or bfloat16.")
+    config_path = os.path.join(text_encoder_dir, "config.json")
+    with open(config_path) as f:
+        try:
+            config = T5Config.from_dict(json.load(f), config_path)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{config_path}: not valid JSON: {e}") from e
+    weights = find_checkpoint(text_encoder_dir, WEIGHTS_PREFIX, variant)
+    if weights is None:
+        raise FileNotFoundError(f"No T5 weights in {text_encoder_dir} (found {sorted(os.listdir(text_encoder_dir))}). "
+                                f"{_LAYOUT} {_HOW_TO_GET}")
+    module = T5Encoder(config, dtype=dtype)
+    dummy = jnp.zeros((1, MAX_LENGTH), jnp.int32)
+    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), dummy, dummy)["params"]
+    return module, convert_t5_state_dict(load_safetensors(weights), shapes, dtype, weights)
+
+
 def load_t5_encoder(model_dir: str | None, dtype=jnp.float32, text_encoder_dir: str | None = None,
                     tokenizer_dir: str | None = None, variant: str | None = None) -> T5TextEncoder:
     """T5 v1.1 encoder of an IF repository (`model_dir` with text_encoder/ and tokenizer/, or explicit
@@ -255,27 +277,12 @@ def load_t5_encoder(model_dir: str | None, dtype=jnp.float32, text_encoder_dir: 
     from transformers import T5Tokenizer  # imported here: transformers is slow to import
 
     enc_dir, tok_dir = resolve_t5_dirs(model_dir, text_encoder_dir, tokenizer_dir)
-    if jnp.dtype(dtype) == jnp.float16:
-        raise ValueError("load_t5_encoder: dtype float16 overflows in T5 v1.1; use float32 or bfloat16.")
-    config_path = os.path.join(enc_dir, "config.json")
-    with open(config_path) as f:
-        try:
-            config = T5Config.from_dict(json.load(f), config_path)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{config_path}: not valid JSON: {e}") from e
-    weights = find_checkpoint(enc_dir, WEIGHTS_PREFIX, variant)
-    if weights is None:
-        raise FileNotFoundError(f"No T5 weights in {enc_dir} (found {sorted(os.listdir(enc_dir))}). {_LAYOUT} "
-                                f"{_HOW_TO_GET}")
-    module = T5Encoder(config, dtype=dtype)
-    dummy = jnp.zeros((1, MAX_LENGTH), jnp.int32)
-    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), dummy, dummy)["params"]
-    params = convert_t5_state_dict(load_safetensors(weights), shapes, dtype, weights)
+    module, params = load_t5_weights(enc_dir, dtype, variant)
     try:
         tokenizer = T5Tokenizer.from_pretrained(tok_dir)
     except (OSError, TypeError, ValueError) as e:
         raise FileNotFoundError(f"Cannot read the T5 tokenizer in {tok_dir}: {e}. {_LAYOUT} {_HOW_TO_GET}") from e
-    if len(tokenizer) > config.vocab_size:
-        raise ValueError(f"{tok_dir}: the tokenizer has {len(tokenizer)} tokens but {config_path} has vocab_size "
-                         f"{config.vocab_size}.")
+    if len(tokenizer) > module.config.vocab_size:
+        raise ValueError(f"{tok_dir}: the tokenizer has {len(tokenizer)} tokens but "
+                         f"{os.path.join(enc_dir, 'config.json')} has vocab_size {module.config.vocab_size}.")
     return T5TextEncoder(module, params, tokenizer, t5_model_key(enc_dir, dtype))

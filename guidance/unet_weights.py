@@ -14,7 +14,8 @@ import numpy as np
 from flax import traverse_util
 
 from guidance.if_unet import IFUNet
-from guidance.safetensors_io import assemble_params, candidate_files, find_checkpoint, load_safetensors
+from guidance.safetensors_io import (Checkpoint, assemble_params, candidate_files, dense_kernel, find_checkpoint,
+                                    load_safetensors)
 
 WEIGHTS_PREFIX = "diffusion_pytorch_model"
 _HOW_TO_GET = (
@@ -56,14 +57,14 @@ def _to_flax_layout(array: np.ndarray, path: tuple) -> np.ndarray:
         return array
     if array.ndim == 4:
         return array.transpose(0, 2, 3, 1)  # OIHW -> OHWI
-    return array.T  # [out, in] -> [in, out]
+    return dense_kernel(array)
 
 
-def convert_state_dict(tensors: dict, expected: dict, dtype=jnp.float32, source: str = "checkpoint") -> dict:
+def convert_state_dict(tensors: Checkpoint, expected: dict, dtype=jnp.float32, source: str = "checkpoint") -> dict:
     """Maps PyTorch-named tensors onto a Flax param tree shaped like `expected` (a tree of objects with
     .shape, e.g. from jax.eval_shape). Raises naming unused tensors, missing parameters, shape mismatches."""
     expected_flat = traverse_util.flatten_dict(expected)
-    by_path = {torch_key_to_flax_path(k, v.ndim): k for k, v in tensors.items()}
+    by_path = {torch_key_to_flax_path(k, len(tensors.shape(k))): k for k in tensors}
     unused = [by_path[p] for p in by_path.keys() - expected_flat.keys()]
     return assemble_params(tensors, by_path, unused, expected, _to_flax_layout, dtype, source, "UNet")
 
