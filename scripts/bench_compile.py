@@ -30,6 +30,10 @@ FLAG_SETS = {
     "no_triton_gemm": "--xla_gpu_enable_triton_gemm=false",
     "autotune_0": "--xla_gpu_autotune_level=0",
     "autotune_1": "--xla_gpu_autotune_level=1",
+    # The GPU compiler's kernels compiled on 16 threads (the lent host's cores), and without the
+    # autotuner that compares code generators per fusion.
+    "parallel_16": "--xla_gpu_force_compilation_parallelism=16",
+    "no_fusion_autotuner": "--xla_gpu_experimental_enable_fusion_autotuner=false",
     # Loops and conditionals inside CUDA graphs (conditional nodes): no host round trip per
     # iteration of the sampler's data-dependent loops.
     "graph_loops": "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,"
