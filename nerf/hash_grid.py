@@ -77,10 +77,6 @@ class HashGridEncoding(nn.Module):
     base_resolution: int = 16
     per_level_scale: float = 1.4472692374403782
 
-    @property
-    def n_output_dims(self):
-        return self.n_levels * self.n_features_per_level
-
     @nn.compact
     def __call__(self, x):
         """x [N,3] in [0,1]^3 -> [N, n_levels · n_features_per_level]."""
