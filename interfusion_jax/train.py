@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import jax
@@ -28,7 +29,7 @@ from interfusion_jax.checkpoint import Checkpointer
 from interfusion_jax.config import parse_config, save_config
 from interfusion_jax.evaluate import (export_meshes, make_eval_renderer, save_test, save_validation,
                                       validation_sheet, validation_size)
-from interfusion_jax.guidance_setup import setup_guidance
+from interfusion_jax.guidance_setup import load_unet, setup_guidance
 from interfusion_jax.inputs import check_inputs
 from interfusion_jax.interrupt import StopRequest
 from interfusion_jax.metrics import run_metrics
@@ -70,21 +71,27 @@ def build(cfg, key, unet=None, timer=None):
     PhaseTimer for the parts of the build."""
     timer = timer or PhaseTimer()
     check_inputs(cfg)
-    with timer("build: body"):
-        body, gb = run_body(cfg)
-    with timer("build: body prior"):
-        prior = BodyPrior.build(gb.vertices, gb.faces, bound=cfg.field.radius,
-                                resolution=cfg.body.prior_resolution)
-    # The key's second half once drew the demo UNet; splitting keeps each seed's fields as before.
-    k_state = jax.random.split(key)[0]
-    model = make_scene_model(cfg, gb.head, prior)
-    with timer("build: guidance"):
-        guidance = setup_guidance(cfg, gb, body.vertex_colors, unet)
-    with timer("build: fields"):
-        # One compilation (cached on disk with the steps) instead of a dispatch per operation:
-        # op by op, the initialisers cost 7.5 s on a fresh GPU.
-        state = runs.on_device(jax.jit(functools.partial(init_state, model, cfg))(k_state))
-        jax.block_until_ready(state)
+    with ThreadPoolExecutor(1) as loader:
+        # Published weights (gigabytes) load on their own thread, mostly file reads and copies
+        # outside the GIL, while the body, its prior and the fields are built.
+        pending = (loader.submit(load_unet, cfg) if unet is None and cfg.guidance.kind == "if"
+                   and cfg.guidance.model_dir else None)
+        with timer("build: body"):
+            body, gb = run_body(cfg)
+        with timer("build: body prior"):
+            prior = BodyPrior.build(gb.vertices, gb.faces, bound=cfg.field.radius,
+                                    resolution=cfg.body.prior_resolution)
+        # The key's second half once drew the demo UNet; splitting keeps each seed's fields as before.
+        k_state = jax.random.split(key)[0]
+        model = make_scene_model(cfg, gb.head, prior)
+        with timer("build: fields"):
+            # One compilation (cached on disk with the steps) instead of a dispatch per operation:
+            # op by op, the initialisers cost 7.5 s on a fresh GPU.
+            state = runs.on_device(jax.jit(functools.partial(init_state, model, cfg))(k_state))
+            jax.block_until_ready(state)
+        with timer("build: guidance"):
+            guidance = setup_guidance(cfg, gb, body.vertex_colors,
+                                      pending.result() if pending else unet)
     return Built(model, state, guidance, body, gb)
 
 

@@ -381,3 +381,33 @@ def test_the_compile_cache_keeps_small_programs_unless_turned_off(enabled, tmp_p
     folder = tmp_path / "interfusion_jax" / "jax_compilation"
     entries = [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
     assert bool(entries) == enabled, entries
+
+
+def test_published_weights_load_while_the_body_and_fields_are_built(monkeypatch):
+    from interfusion_jax.config import load_config
+
+    cfg = load_config(DEMO, ["guidance.kind=if", "body.prior_resolution=24",
+                             f"guidance.model_dir={os.path.join(ROOT, 'tests', 'fixtures', 'if_unet', 'stage1')}"])
+    loading, events = threading.Event(), []
+
+    def load_unet(c):
+        loading.set()
+        events.append(("load", threading.current_thread() is threading.main_thread()))
+        time.sleep(0.5)  # still loading while the main thread builds
+        events.append(("loaded", None))
+        return "the UNet"
+
+    def run_body(c):
+        assert loading.wait(10), "the weights did not start loading before the body"
+        events.append(("body", None))
+        return original_run_body(c)
+
+    original_run_body = train_module.run_body
+    monkeypatch.setattr(train_module, "load_unet", load_unet)
+    monkeypatch.setattr(train_module, "run_body", run_body)
+    monkeypatch.setattr(train_module, "setup_guidance",
+                        lambda cfg, guide, colors, unet: events.append(("guidance", unet)))
+    train_module.build(cfg, jax.random.PRNGKey(0))
+    assert events[0] == ("load", False)  # on its own thread
+    assert events.index(("body", None)) < events.index(("loaded", None))
+    assert events[-1] == ("guidance", "the UNet")
