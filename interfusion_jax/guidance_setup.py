@@ -137,18 +137,20 @@ def load_unet(cfg):
                 "embeddings (set guidance.model_dir to DeepFloyd/IF-I-XL-v1.0 for real runs)")
 
 
-def _if_guidance(cfg, unet):
+def prompt_embeddings(cfg, width=None):
+    """The embeddings [17, 77, D] of the run's prompt texts (prompt_texts row by row, then the
+    empty prompt). With guidance.model_dir: its T5 encoder's, through the prompt cache; the
+    encoder (4.7 B parameters, float32) is loaded only for texts not cached and released before
+    this returns, so call it before the UNet is on the device: the two do not fit a 24 GB card
+    together. Without: pseudo-embeddings of width `width` (the UNet's encoder_hid_dim)."""
     g = cfg.guidance
-    grid = prompt_texts(cfg.prompts, g.view_dependent)
-    flat = [t for row in grid for t in row] + [""]
+    flat = [t for row in prompt_texts(cfg.prompts, g.view_dependent) for t in row] + [""]
     if g.model_dir:
         # The release's prompt processor (threestudio) feeds the text unchanged, not lowercased.
-        emb = embed_prompts(g.model_dir, flat,
-                            g.embedding_cache or user_cache_dir("prompt_embeddings"),
-                            lowercase=False)
-    else:
-        emb = pseudo_embeddings(flat, unet.module.config.encoder_hid_dim)
-    return if_guidance(cfg, unet.module, unet.params, emb, unet.description)
+        return embed_prompts(g.model_dir, flat,
+                             g.embedding_cache or user_cache_dir("prompt_embeddings"),
+                             lowercase=False)
+    return pseudo_embeddings(flat, width)
 
 
 def reference_images(scene, views, height, width):
@@ -185,11 +187,17 @@ def _reference_guidance(cfg, guide, body_colors):
     return Guidance(loss, dict(scene=jax.tree_util.tree_map(jnp.asarray, scene)), description)
 
 
-def setup_guidance(cfg, guide, body_colors=None, unet=None):
+def setup_guidance(cfg, guide, body_colors=None, unet=None, embeddings=None):
     """Guidance for the config's `guidance`, `prompts` and `reference` blocks (checked first by
     interfusion_jax.inputs); guide: the run's GuideBody, body_colors its vertex colours (the
     reference scene's body); unet: the UNet of kind "if" when already loaded (`load_unet`), else
-    it is loaded here."""
+    it is loaded here; embeddings: the run's prompt_embeddings when already computed, else they
+    are, before the UNet loads."""
     if cfg.guidance.kind == "reference":
         return _reference_guidance(cfg, guide, body_colors)
-    return _if_guidance(cfg, unet or load_unet(cfg))
+    if embeddings is None and cfg.guidance.model_dir:
+        embeddings = prompt_embeddings(cfg)
+    unet = unet or load_unet(cfg)
+    if embeddings is None:
+        embeddings = prompt_embeddings(cfg, unet.module.config.encoder_hid_dim)
+    return if_guidance(cfg, unet.module, unet.params, embeddings, unet.description)

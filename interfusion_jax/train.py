@@ -29,7 +29,7 @@ from interfusion_jax.checkpoint import Checkpointer
 from interfusion_jax.config import parse_config, save_config
 from interfusion_jax.evaluate import (export_meshes, make_eval_renderer, save_test, save_validation,
                                       validation_sheet, validation_size)
-from interfusion_jax.guidance_setup import load_unet, setup_guidance
+from interfusion_jax.guidance_setup import load_unet, prompt_embeddings, setup_guidance
 from interfusion_jax.inputs import check_inputs
 from interfusion_jax.interrupt import StopRequest
 from interfusion_jax.metrics import run_metrics
@@ -71,11 +71,15 @@ def build(cfg, key, unet=None, timer=None):
     PhaseTimer for the parts of the build."""
     timer = timer or PhaseTimer()
     check_inputs(cfg)
+    published = cfg.guidance.kind == "if" and bool(cfg.guidance.model_dir)
+    embeddings = None
+    if published:
+        with timer("build: prompts"):  # the T5 encoder comes and goes before the UNet loads
+            embeddings = prompt_embeddings(cfg)
     with ThreadPoolExecutor(1) as loader:
         # Published weights (gigabytes) load on their own thread, mostly file reads and copies
         # outside the GIL, while the body, its prior and the fields are built.
-        pending = (loader.submit(load_unet, cfg) if unet is None and cfg.guidance.kind == "if"
-                   and cfg.guidance.model_dir else None)
+        pending = loader.submit(load_unet, cfg) if published and unet is None else None
         with timer("build: body"):
             body, gb = run_body(cfg)
         with timer("build: body prior"):
@@ -91,7 +95,7 @@ def build(cfg, key, unet=None, timer=None):
             jax.block_until_ready(state)
         with timer("build: guidance"):
             guidance = setup_guidance(cfg, gb, body.vertex_colors,
-                                      pending.result() if pending else unet)
+                                      pending.result() if pending else unet, embeddings)
     return Built(model, state, guidance, body, gb)
 
 

@@ -53,7 +53,7 @@ def child(args):
     cfg = load_config(os.path.join(ROOT, "configs", f"{scene}.py"), overrides)
     unet_ready = dict(seconds=0.0, params=0)
 
-    def stand_in(cfg, guide, body_colors=None, unet=None):
+    def stand_in(cfg, guide, body_colors=None, unet=None, embeddings=None):
         t0 = time.perf_counter()
         guidance, n = stand_in_guidance(cfg, DEMO_UNET if args.small else STAND_IN,
                                         jnp.dtype(cfg.guidance.dtype), jax.random.PRNGKey(0))

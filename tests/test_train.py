@@ -383,7 +383,7 @@ def test_the_compile_cache_keeps_small_programs_unless_turned_off(enabled, tmp_p
     assert bool(entries) == enabled, entries
 
 
-def test_published_weights_load_while_the_body_and_fields_are_built(monkeypatch):
+def test_prompts_are_embedded_then_the_weights_load_while_the_body_and_fields_are_built(monkeypatch):
     from interfusion_jax.config import load_config
 
     cfg = load_config(DEMO, ["guidance.kind=if", "body.prior_resolution=24",
@@ -403,11 +403,14 @@ def test_published_weights_load_while_the_body_and_fields_are_built(monkeypatch)
         return original_run_body(c)
 
     original_run_body = train_module.run_body
+    monkeypatch.setattr(train_module, "prompt_embeddings",
+                        lambda c: events.append(("prompts", None)) or "the embeddings")
     monkeypatch.setattr(train_module, "load_unet", load_unet)
     monkeypatch.setattr(train_module, "run_body", run_body)
     monkeypatch.setattr(train_module, "setup_guidance",
-                        lambda cfg, guide, colors, unet: events.append(("guidance", unet)))
+                        lambda cfg, guide, colors, unet, emb: events.append(("guidance", unet, emb)))
     train_module.build(cfg, jax.random.PRNGKey(0))
-    assert events[0] == ("load", False)  # on its own thread
+    # T5 and the UNet never share the device: the prompts are embedded before the load starts.
+    assert events[:2] == [("prompts", None), ("load", False)]  # the load on its own thread
     assert events.index(("body", None)) < events.index(("loaded", None))
-    assert events[-1] == ("guidance", "the UNet")
+    assert events[-1] == ("guidance", "the UNet", "the embeddings")

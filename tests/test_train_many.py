@@ -164,3 +164,28 @@ def test_help_says_how_scenes_share_a_step(capsys):
     out = capsys.readouterr().out
     for word in ("--scenes_per_device", "--set", "run folder", "group after group", "resume"):
         assert word in out, word
+
+
+def test_every_scene_embeds_its_prompts_before_any_unet_loads(tmp_path, monkeypatch):
+    # The T5 encoder and the UNet do not fit a 24 GB card together: scene b's prompts must not
+    # wait until scene a's batch has put the shared UNet on the device.
+    import interfusion_jax.train_many as train_many
+
+    class Loaded(Exception):
+        pass
+
+    events = []
+    monkeypatch.setattr(train_many, "prompt_embeddings", lambda cfg: events.append(cfg.name))
+
+    def load_unet(cfg):
+        events.append("load")
+        raise Loaded
+
+    monkeypatch.setattr(train_many, "load_unet", load_unet)
+    scene_b = tmp_path / "b.py"
+    scene_b.write_text(SCENE_B)
+    model_dir = os.path.join(ROOT, "tests", "fixtures", "if_unet", "stage1")
+    with pytest.raises(Loaded):
+        main([DEMO, str(scene_b), "--scenes_per_device", "1", "--set", f"output_dir={tmp_path / 'out'}",
+              "--set", "guidance.kind=if", "--set", f"guidance.model_dir={model_dir}"])
+    assert events == ["demo", "b", "load"]
