@@ -74,8 +74,8 @@ def check_safetensors(path: str) -> None:
 
 class Checkpoint(Mapping):
     """The tensors of one .safetensors file or of all shards listed by a .safetensors.index*.json:
-    key -> np.ndarray, read from the file on each access; `shape(key)` from the headers alone. A key
-    in two shards raises naming it."""
+    key -> np.ndarray, read from the file on each access; `shape(key)` and `dtype(key)` from the
+    headers alone. A key in two shards raises naming it."""
 
     def __init__(self, path: str):
         self.path, self._file_of = path, {}
@@ -97,6 +97,10 @@ class Checkpoint(Mapping):
 
     def shape(self, key: str) -> tuple:
         return tuple(self._file_of[key].get_slice(key).get_shape())
+
+    def dtype(self, key: str) -> str:
+        """The tensor's dtype as the header names it: "F16", "BF16", "F32", ..."""
+        return self._file_of[key].get_slice(key).get_dtype()
 
 
 def load_safetensors(path: str) -> Checkpoint:

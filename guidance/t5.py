@@ -203,11 +203,23 @@ def resolve_t5_dirs(model_dir: str | None, text_encoder_dir: str | None = None,
     return enc, tok
 
 
-def t5_model_key(text_encoder_dir: str, dtype=jnp.float32) -> str:
-    """Identity of an encoder for caches: its absolute path, a hash of its config.json, and the dtype."""
+def t5_weights_file(text_encoder_dir: str, variant: str | None = None) -> str | None:
+    """The encoder's safetensors file or index: of `variant`, else the float16 variant before the
+    plain files (the float16 weights are half the bytes to read and to hold; see load_t5_weights)."""
+    if variant:
+        return find_checkpoint(text_encoder_dir, WEIGHTS_PREFIX, variant)
+    return (find_checkpoint(text_encoder_dir, WEIGHTS_PREFIX, "fp16")
+            or find_checkpoint(text_encoder_dir, WEIGHTS_PREFIX))
+
+
+def t5_model_key(text_encoder_dir: str, dtype=jnp.float32, variant: str | None = None) -> str:
+    """Identity of an encoder for caches: its absolute path, a hash of its config.json, the weights
+    file load_t5_weights reads and the dtype."""
     with open(os.path.join(text_encoder_dir, "config.json"), "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()[:16]
-    return f"{os.path.abspath(text_encoder_dir)}|config:{digest}|{jnp.dtype(dtype).name}"
+    weights = t5_weights_file(text_encoder_dir, variant)
+    return (f"{os.path.abspath(text_encoder_dir)}|config:{digest}|"
+            f"{os.path.basename(weights) if weights else None}|{jnp.dtype(dtype).name}")
 
 
 class T5TextEncoder:
@@ -259,21 +271,28 @@ def load_t5_weights(text_encoder_dir: str, dtype=jnp.float32, variant: str | Non
             config = T5Config.from_dict(json.load(f), config_path)
         except json.JSONDecodeError as e:
             raise ValueError(f"{config_path}: not valid JSON: {e}") from e
-    weights = find_checkpoint(text_encoder_dir, WEIGHTS_PREFIX, variant)
+    weights = t5_weights_file(text_encoder_dir, variant)
     if weights is None:
         raise FileNotFoundError(f"No T5 weights in {text_encoder_dir} (found {sorted(os.listdir(text_encoder_dir))}). "
                                 f"{_LAYOUT} {_HOW_TO_GET}")
     module = T5Encoder(config, dtype=dtype)
     dummy = jnp.zeros((1, MAX_LENGTH), jnp.int32)
     shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), dummy, dummy)["params"]
-    return module, convert_t5_state_dict(load_safetensors(weights), shapes, dtype, weights)
+    checkpoint = load_safetensors(weights)
+    # float16 weights stay float16 on the device and each layer upcasts them, which gives the
+    # float32 results of the float32 copy from half the memory: T5-XXL in float32 is 19 GB, more
+    # than JAX's default share (75%) of a 24 GB card.
+    stored = (jnp.float16 if jnp.dtype(dtype) == jnp.float32
+              and all(checkpoint.dtype(k) == "F16" for k in checkpoint) else dtype)
+    return module, convert_t5_state_dict(checkpoint, shapes, stored, weights)
 
 
 def load_t5_encoder(model_dir: str | None, dtype=jnp.float32, text_encoder_dir: str | None = None,
                     tokenizer_dir: str | None = None, variant: str | None = None) -> T5TextEncoder:
     """T5 v1.1 encoder of an IF repository (`model_dir` with text_encoder/ and tokenizer/, or explicit
-    folders). dtype: float32 or bfloat16 (T5 v1.1 overflows in float16). variant: "fp16" reads the
-    model.fp16*.safetensors files; None the plain ones, else falls back to fp16."""
+    folders). dtype: float32 or bfloat16 (T5 v1.1 overflows in float16), the dtype it computes in.
+    variant: "fp16" reads the model.fp16*.safetensors files, None those if present, else the plain
+    ones (t5_weights_file)."""
     from transformers import T5Tokenizer  # imported here: transformers is slow to import
 
     enc_dir, tok_dir = resolve_t5_dirs(model_dir, text_encoder_dir, tokenizer_dir)
@@ -285,4 +304,4 @@ def load_t5_encoder(model_dir: str | None, dtype=jnp.float32, text_encoder_dir: 
     if len(tokenizer) > module.config.vocab_size:
         raise ValueError(f"{tok_dir}: the tokenizer has {len(tokenizer)} tokens but "
                          f"{os.path.join(enc_dir, 'config.json')} has vocab_size {module.config.vocab_size}.")
-    return T5TextEncoder(module, params, tokenizer, t5_model_key(enc_dir, dtype))
+    return T5TextEncoder(module, params, tokenizer, t5_model_key(enc_dir, dtype, variant))

@@ -135,8 +135,8 @@ def main(argv=None):
         ("IF UNet (fp16 file, float16)", os.path.join(root, "unet"), "diffusion_pytorch_model",
          dict(unet_config, _class_name="UNet2DConditionModel"), lambda: unet_keys(unet_config),
          lambda d: load_if_unet(d, dtype=jnp.float16, variant="fp16")[1]),
-        ("T5 encoder (fp16 file, bfloat16)", os.path.join(root, "text_encoder"), "model", t5_config,
-         lambda: t5_keys(t5_config), lambda d: load_t5_weights(d, jnp.bfloat16, variant="fp16")[1]),
+        ("T5 encoder (fp16 file, float32 compute)", os.path.join(root, "text_encoder"), "model", t5_config,
+         lambda: t5_keys(t5_config), lambda d: load_t5_weights(d, jnp.float32, variant="fp16")[1]),
     ]
     rows = []
     try:

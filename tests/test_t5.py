@@ -4,6 +4,7 @@ random model saved as sharded safetensors, tiny sentencepiece tokenizer), and th
 import os
 import shutil
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -63,6 +64,31 @@ def test_missing_folder_names_path_layout_and_source(tmp_path):
     msg = str(err.value)
     assert "IF-I-XL-v1.0" in msg and "text_encoder/config.json" in msg and "DeepFloyd/IF-I-XL-v1.0" in msg
     assert "licence" in msg
+
+
+def test_float16_weights_stay_float16_and_give_the_float32_results(tmp_path, ref):
+    # IF ships the encoder as float32 and float16 files; the float16 one is preferred and held in
+    # float16 (9.5 GB for T5-XXL, not 19), each layer upcasting it: float32 results.
+    root = tmp_path / "IF"
+    shutil.copytree(FIXTURE, root)
+    enc = root / "text_encoder"
+    tensors = {}
+    for shard in sorted(enc.glob("model-*.safetensors")):
+        tensors.update(load_file(str(shard)))
+    save_file({k: v.astype(np.float16) for k, v in tensors.items()}, str(enc / "model.fp16.safetensors"))
+    plain_key = guidance.t5.t5_model_key(os.path.join(FIXTURE, "text_encoder"))
+
+    module, params = guidance.t5.load_t5_weights(str(enc))
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(params)} == {jnp.dtype(jnp.float16)}
+    ids, mask = ref["random_ids"].astype(np.int32), ref["random_mask"].astype(np.int32)
+    out = module.apply({"params": params}, ids, mask)
+    upcast = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), params)
+    assert out.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(module.apply({"params": upcast}, ids, mask)))
+    assert_close(np.asarray(out), ref["random_out"], tol=5e-3)  # the weights' float16 rounding
+    # Embeddings of the two files are cached apart.
+    assert guidance.t5.t5_model_key(str(enc)) != plain_key.replace(FIXTURE, str(root))
+    assert "model.fp16.safetensors" in guidance.t5.t5_model_key(str(enc))
 
 
 def test_mismatched_tensor_is_named(tmp_path):
