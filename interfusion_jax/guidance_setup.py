@@ -140,9 +140,9 @@ def load_unet(cfg):
 def prompt_embeddings(cfg, width=None):
     """The embeddings [17, 77, D] of the run's prompt texts (prompt_texts row by row, then the
     empty prompt). With guidance.model_dir: its T5 encoder's, through the prompt cache; the
-    encoder (4.7 B parameters, float32) is loaded only for texts not cached and released before
-    this returns, so call it before the UNet is on the device: the two do not fit a 24 GB card
-    together. Without: pseudo-embeddings of width `width` (the UNet's encoder_hid_dim)."""
+    encoder (4.7 B parameters, 9.5 GB in float16) is loaded only for texts not cached and released
+    before this returns, so call it before the UNet is on the device: the two do not fit a 24 GB
+    card together. Without: pseudo-embeddings of width `width` (the UNet's encoder_hid_dim)."""
     g = cfg.guidance
     flat = [t for row in prompt_texts(cfg.prompts, g.view_dependent) for t in row] + [""]
     if g.model_dir:
