@@ -137,6 +137,17 @@ def load_unet(cfg):
                 "embeddings (set guidance.model_dir to DeepFloyd/IF-I-XL-v1.0 for real runs)")
 
 
+def _run_texts(cfg):
+    """The run's 17 prompt texts: prompt_texts row by row, then the empty prompt."""
+    return [t for row in prompt_texts(cfg.prompts, cfg.guidance.view_dependent) for t in row] + [""]
+
+
+def _embed(model_dir, cache_dir, texts):
+    # The release's prompt processor (threestudio) feeds the text unchanged, not lowercased.
+    return embed_prompts(model_dir, texts, cache_dir or user_cache_dir("prompt_embeddings"),
+                         lowercase=False)
+
+
 def prompt_embeddings(cfg, width=None):
     """The embeddings [17, 77, D] of the run's prompt texts (prompt_texts row by row, then the
     empty prompt). With guidance.model_dir: its T5 encoder's, through the prompt cache; the
@@ -144,13 +155,21 @@ def prompt_embeddings(cfg, width=None):
     before this returns, so call it before the UNet is on the device: the two do not fit a 24 GB
     card together. Without: pseudo-embeddings of width `width` (the UNet's encoder_hid_dim)."""
     g = cfg.guidance
-    flat = [t for row in prompt_texts(cfg.prompts, g.view_dependent) for t in row] + [""]
     if g.model_dir:
-        # The release's prompt processor (threestudio) feeds the text unchanged, not lowercased.
-        return embed_prompts(g.model_dir, flat,
-                             g.embedding_cache or user_cache_dir("prompt_embeddings"),
-                             lowercase=False)
-    return pseudo_embeddings(flat, width)
+        return _embed(g.model_dir, g.embedding_cache, _run_texts(cfg))
+    return pseudo_embeddings(_run_texts(cfg), width)
+
+
+def cache_prompt_embeddings(cfgs):
+    """Put the prompt embeddings of the runs among `cfgs` that use published IF weights into their
+    caches, with one encoder load per model and cache folder (see prompt_embeddings)."""
+    texts = {}
+    for cfg in cfgs:
+        g = cfg.guidance
+        if g.kind == "if" and g.model_dir:
+            texts.setdefault((g.model_dir, g.embedding_cache), {}).update(dict.fromkeys(_run_texts(cfg)))
+    for (model_dir, cache_dir), group in texts.items():
+        _embed(model_dir, cache_dir, list(group))
 
 
 def reference_images(scene, views, height, width):

@@ -39,7 +39,7 @@ from ifcommon import UserError, command_line
 from interfusion_jax import run_dir as runs
 from interfusion_jax.checkpoint import Checkpointer
 from interfusion_jax.config import ConfigError, load_config
-from interfusion_jax.guidance_setup import load_unet, prompt_embeddings
+from interfusion_jax.guidance_setup import cache_prompt_embeddings, load_unet
 from interfusion_jax.inputs import check_inputs
 from interfusion_jax.interrupt import StopRequest
 from interfusion_jax.timing import PhaseTimer
@@ -384,8 +384,7 @@ def main(argv):
     check_scenes(scenes, a.overwrite)
     for scene in scenes:
         use_compile_cache(scene.cfg)
-        if scene.cfg.guidance.kind == "if" and scene.cfg.guidance.model_dir:
-            prompt_embeddings(scene.cfg)  # into the cache: T5 comes and goes before any UNet loads
+    cache_prompt_embeddings([s.cfg for s in scenes])  # T5 comes and goes before any UNet loads
     groups, notes = group_scenes(scenes)
     for note in notes:
         print(f"[interfusion] {note}", file=sys.stderr)

@@ -168,17 +168,20 @@ def test_help_says_how_scenes_share_a_step(capsys):
 
 def test_every_scene_embeds_its_prompts_before_any_unet_loads(tmp_path, monkeypatch):
     # The T5 encoder and the UNet do not fit a 24 GB card together: scene b's prompts must not
-    # wait until scene a's batch has put the shared UNet on the device.
+    # wait until scene a's batch has put the shared UNet on the device. One encoder load serves
+    # both scenes' texts.
+    import interfusion_jax.guidance_setup as guidance_setup
     import interfusion_jax.train_many as train_many
 
     class Loaded(Exception):
         pass
 
     events = []
-    monkeypatch.setattr(train_many, "prompt_embeddings", lambda cfg: events.append(cfg.name))
+    monkeypatch.setattr(guidance_setup, "embed_prompts",
+                        lambda model_dir, texts, cache_dir, lowercase: events.append(("embed", texts)))
 
     def load_unet(cfg):
-        events.append("load")
+        events.append(("load", None))
         raise Loaded
 
     monkeypatch.setattr(train_many, "load_unet", load_unet)
@@ -188,4 +191,8 @@ def test_every_scene_embeds_its_prompts_before_any_unet_loads(tmp_path, monkeypa
     with pytest.raises(Loaded):
         main([DEMO, str(scene_b), "--scenes_per_device", "1", "--set", f"output_dir={tmp_path / 'out'}",
               "--set", "guidance.kind=if", "--set", f"guidance.model_dir={model_dir}"])
-    assert events == ["demo", "b", "load"]
+    assert [e for e, _ in events] == ["embed", "load"]
+    texts = events[0][1]
+    # Both scenes' object prompts (b's is a stool), each text once.
+    assert any("a stool" in t for t in texts) and any("a chair" in t for t in texts)
+    assert len(texts) == len(set(texts)) and "" in texts
