@@ -214,9 +214,9 @@ def setup_guidance(cfg, guide, body_colors=None, unet=None, embeddings=None):
     are, before the UNet loads."""
     if cfg.guidance.kind == "reference":
         return _reference_guidance(cfg, guide, body_colors)
-    if embeddings is None and cfg.guidance.model_dir:
+    if embeddings is None and cfg.guidance.model_dir:  # T5 comes and goes before the UNet loads
         embeddings = prompt_embeddings(cfg)
     unet = unet or load_unet(cfg)
-    if embeddings is None:
+    if embeddings is None:  # pseudo-embeddings, as wide as the UNet takes them
         embeddings = prompt_embeddings(cfg, unet.module.config.encoder_hid_dim)
     return if_guidance(cfg, unet.module, unet.params, embeddings, unet.description)
