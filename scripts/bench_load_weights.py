@@ -93,19 +93,20 @@ def write_checkpoint(folder, prefix, variant, shapes, config):
             shards.append(current)
             current, size = {}, 0
     shards += [current] if current else []
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f)
     weight_map = {}
     for i, shard in enumerate(shards):
         name = f"{prefix}.{variant}-{i + 1:05d}-of-{len(shards):05d}.safetensors"
         save_file({k: np.resize(values, s) for k, s in shard.items()}, os.path.join(folder, name))
         weight_map.update(dict.fromkeys(shard, name))
+    # The index last: a folder with one holds a whole checkpoint (main reuses it).
     with open(os.path.join(folder, f"{prefix}.safetensors.index.{variant}.json"), "w") as f:
         json.dump({"metadata": {}, "weight_map": weight_map}, f)
-    with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump(config, f)
-    return sum(2 * int(np.prod(s)) for s in shapes.values()), len(shapes)
 
 
 def scaled(config, keys, scale, multiple):
+    """`config` with the widths under `keys` times `scale`, in multiples of `multiple`."""
     return dict(config, **{k: [max(multiple, int(c * scale) // multiple * multiple) for c in v]
                            if isinstance(v, list) else max(multiple, int(v * scale) // multiple * multiple)
                            for k, v in config.items() if k in keys})
