@@ -414,3 +414,38 @@ def test_prompts_are_embedded_then_the_weights_load_while_the_body_and_fields_ar
     assert events[:2] == [("prompts", None), ("load", False)]  # the load on its own thread
     assert events.index(("body", None)) < events.index(("loaded", None))
     assert events[-1] == ("guidance", "the UNet", "the embeddings")
+
+
+def test_published_weights_run_through_the_build_and_the_step(tmp_path):
+    # The path of a real run, at toy size: IF's folder layout (the parity fixture's UNet, float16
+    # shards), prompt embeddings from the cache, the UNet loaded beside the build, two steps.
+    from guidance import PromptCache, load_if_unet
+    from guidance.t5 import preprocess, t5_model_key
+    from interfusion_jax.config import load_config
+    from interfusion_jax.guidance_setup import prompt_texts
+    from interfusion_jax.train_step import make_train_step
+
+    model_dir = tmp_path / "IF-I-XL"
+    shutil.copytree(os.path.join(ROOT, "tests", "fixtures", "if_unet", "stage1", "unet"), model_dir / "unet")
+    (model_dir / "text_encoder").mkdir()
+    shutil.copy(os.path.join(ROOT, "tests", "fixtures", "t5", "text_encoder", "config.json"),
+                model_dir / "text_encoder")
+    (model_dir / "tokenizer").mkdir()
+    cfg = load_config(DEMO, TINY + ["guidance.kind=if", f"guidance.model_dir={model_dir}",
+                                    f"guidance.embedding_cache={tmp_path / 'cache'}"])
+    texts = [t for row in prompt_texts(cfg.prompts, cfg.guidance.view_dependent) for t in row] + [""]
+    key = t5_model_key(str(model_dir / "text_encoder"))
+    rng = np.random.default_rng(0)
+    for text in texts:  # no T5 to run here: every text is cached
+        PromptCache(str(tmp_path / "cache")).store(key, preprocess(text, False),
+                                                   rng.standard_normal((77, 24)).astype(np.float32))
+
+    built = train_module.build(cfg, jax.random.PRNGKey(0))
+    assert str(model_dir) in built.guidance.description
+    _, params = load_if_unet(str(model_dir), dtype=np.float16)
+    _assert_trees_equal(built.guidance.arrays["unet"], params)
+    step = make_train_step(built.model, built.guidance, cfg)
+    state = built.state
+    for _ in range(2):
+        state, metrics, _ = step(state)
+    assert int(state.step) == 2 and np.isfinite(float(metrics["loss"]))
