@@ -78,7 +78,7 @@ class Checkpoint(Mapping):
     headers alone. A key in two shards raises naming it."""
 
     def __init__(self, path: str):
-        self.path, self._file_of = path, {}
+        self._file_of = {}
         for shard in _shards(path):
             f = _open(shard)
             for key in f.keys():
